@@ -1,0 +1,5 @@
+"""``python -m spintrail`` runs the command line."""
+
+from spintrail.cli import main
+
+main()

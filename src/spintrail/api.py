@@ -1,0 +1,154 @@
+"""Query API: search, one event with its raw bytes, execution timelines, health, readiness and metrics."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from spintrail.query import FILTER_HELP, FILTER_NAMES, FilterError, Filters, parse_limit
+from spintrail.record import AuditRecord
+from spintrail.store import Store, StoreUnavailable
+from spintrail.timeline import build_timeline
+
+router = APIRouter()
+
+
+def error(status: int, reason: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": reason, "message": message}, status_code=status)
+
+
+def filters_from_request(request: Request) -> Filters:
+    """The filters of a request's query string (repeat a parameter to match any of several values)."""
+    params: dict[str, list[str]] = {}
+    for key, value in request.query_params.multi_items():
+        params.setdefault(key, []).append(value)
+    return Filters.from_params(params)
+
+
+def _store(request: Request) -> Store:
+    return request.app.state.store  # type: ignore[no-any-return]
+
+
+def _openapi_filter_params() -> list[dict[str, Any]]:
+    return [
+        {
+            "name": n,
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": FILTER_HELP[n],
+        }
+        for n in FILTER_NAMES
+    ]
+
+
+@router.get(
+    "/api/v1/events",
+    tags=["query"],
+    summary="Search audit records",
+    openapi_extra={"parameters": _openapi_filter_params()},
+)
+async def search_events(
+    request: Request,
+    limit: str | None = Query(None, description="page size, 1 to 1000 (default 100)"),
+    cursor: str | None = Query(None, description="next_cursor of the previous page"),
+) -> Response:
+    """Records matching every filter, newest first by event time, with keyset pagination."""
+    try:
+        filters = filters_from_request(request)
+        n = parse_limit(limit)
+    except FilterError as exc:
+        return error(400, "bad_filter", str(exc))
+    store = _store(request)
+    try:
+        page = await run_in_threadpool(store.search, filters, limit=n, cursor=cursor)
+    except ValueError as exc:
+        return error(400, "bad_cursor", str(exc))
+    except StoreUnavailable as exc:
+        return error(503, "store_unavailable", str(exc))
+    body = {"events": [r.to_api() for r in page.records], "next_cursor": page.next_cursor}
+    headers = {}
+    if page.next_cursor:
+        params = [(k, v) for k, vs in filters.as_params().items() for v in vs]
+        params += [("limit", str(n)), ("cursor", page.next_cursor)]
+        headers["Link"] = f'<{request.url.path}?{urlencode(params)}>; rel="next"'
+    return JSONResponse(body, headers=headers)
+
+
+async def _find(request: Request, ref: str) -> AuditRecord | None:
+    store = _store(request)
+    if ref.isdigit():
+        found = await run_in_threadpool(store.get, int(ref))
+        if found is not None:
+            return found
+    return await run_in_threadpool(store.get_by_event_id, ref)
+
+
+@router.get("/api/v1/events/{ref}", tags=["query"], summary="One audit record and its raw event")
+async def get_event(request: Request, ref: str) -> Response:
+    """The record (by store id or echo event id) and the event exactly as received, parsed."""
+    record = await _find(request, ref)
+    if record is None or record.id is None:
+        return error(404, "not_found", f"no event with id or event_id {ref!r}")
+    raw = await run_in_threadpool(_store(request).raw, record.id)
+    parsed: Any = None
+    if raw is not None:
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = raw.decode("utf-8", "replace")
+    return JSONResponse({"event": record.to_api(), "raw": parsed})
+
+
+@router.get("/api/v1/events/{ref}/raw", tags=["query"], summary="The exact bytes received")
+async def get_raw(request: Request, ref: str) -> Response:
+    """The event's original JSON, byte for byte."""
+    record = await _find(request, ref)
+    if record is None or record.id is None:
+        return error(404, "not_found", f"no event with id or event_id {ref!r}")
+    raw = await run_in_threadpool(_store(request).raw, record.id)
+    if raw is None:
+        return error(404, "raw_not_kept", f"the raw bytes of event {ref!r} are not kept")
+    return Response(
+        raw,
+        media_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="event-{record.event_id}.json"'},
+    )
+
+
+@router.get("/api/v1/executions/{execution_id}", tags=["query"], summary="An execution's timeline")
+async def get_execution(request: Request, execution_id: str) -> Response:
+    """Every event of one run in event-time order, with the run's user, status, start and end."""
+    records = await run_in_threadpool(_store(request).execution, execution_id)
+    if not records:
+        return error(404, "not_found", f"no events for execution {execution_id!r}")
+    return JSONResponse(build_timeline(execution_id, records).to_api())
+
+
+@router.get("/healthz", tags=["operations"], summary="Liveness")
+async def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["operations"], summary="Readiness: the store is reachable")
+async def readyz(request: Request) -> Response:
+    store = _store(request)
+    try:
+        await run_in_threadpool(store.ping)
+    except StoreUnavailable as exc:
+        return JSONResponse({"status": "unavailable", "store": store.backend, "reason": str(exc)}, 503)
+    return JSONResponse({"status": "ready", "store": store.backend})
+
+
+@router.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+async def metrics(request: Request) -> Response:
+    m = request.app.state.metrics
+    m.queue.set(_store(request).pending)
+    return PlainTextResponse(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,45 @@
+"""Prometheus metrics: one registry per application, so several servers can live in one process (tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """The counters, gauges and histograms spintrail exports at ``/metrics``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.received = Counter(
+            "spintrail_events_received", "Events received in accepted requests.", registry=r
+        )
+        self.stored = Counter("spintrail_events_stored", "Events newly stored.", registry=r)
+        self.duplicates = Counter(
+            "spintrail_events_duplicate",
+            "Events already stored (echo resends), not stored again.",
+            registry=r,
+        )
+        self.rejected = Counter(
+            "spintrail_requests_rejected",
+            "Ingest requests refused, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "spintrail_commit_seconds",
+            "Time to write and commit one group of events.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.commit_events = Histogram(
+            "spintrail_commit_events",
+            "Events per group commit.",
+            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500),
+            registry=r,
+        )
+        self.queue = Gauge("spintrail_write_queue_events", "Events waiting to be committed.", registry=r)
+
+    def observe_commit(self, seconds: float, events: int) -> None:
+        self.commit_seconds.observe(seconds)
+        self.commit_events.observe(events)

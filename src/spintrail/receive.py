@@ -1,0 +1,158 @@
+"""Receive: the echo webhook. Reads the body (size limit, gzip), decodes, stores, acknowledges after commit.
+
+``POST /api/v1/events`` answers 200 only once every event of the request is committed to disk, so a crash
+after the answer loses nothing. A body that is refused stores nothing. Status codes:
+
+- 200: stored; the body counts events stored and duplicates (already stored, not stored again)
+- 400: empty body, invalid JSON, no echo event in the body, corrupt gzip
+- 413: body larger than ``max_body_bytes`` (after decompression)
+- 415: a ``Content-Encoding`` other than gzip or identity
+- 503: the write queue is full (with ``Retry-After``) or the store cannot commit; echo retries
+- 507: the disk is full
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from spintrail.decode import DecodeError, decode_body
+from spintrail.ingest import Ingestor
+from spintrail.metrics import Metrics
+from spintrail.store import PreparedEvent, StoreFull, StoreOverloaded, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+INSTANCE_HEADER = "x-spinnaker-instance"
+_THREAD_THRESHOLD = 256 * 1024  # bodies larger than this are decoded off the event loop
+
+router = APIRouter()
+
+
+class RequestRejected(Exception):
+    """A request refused before anything was stored."""
+
+    def __init__(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(
+            {"error": self.reason, "message": self.message}, status_code=self.status, headers=self.headers
+        )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, inflated when gzip-encoded, refused when over ``limit`` bytes."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity", "gzip", "x-gzip"):
+        raise RequestRejected(
+            415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported: send gzip or none"
+        )
+    declared = request.headers.get("content-length")
+    if encoding in ("", "identity") and declared and declared.isdigit() and int(declared) > limit:
+        raise RequestRejected(
+            413, "too_large", f"body of {declared} bytes is over the limit of {limit} bytes"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    inflater = zlib.decompressobj(wbits=31) if encoding in ("gzip", "x-gzip") else None
+    try:
+        async for chunk in request.stream():
+            if inflater is not None:
+                chunk = inflater.decompress(chunk, limit + 1 - size)
+                if inflater.unconsumed_tail:
+                    size = limit + 1
+            size += len(chunk)
+            if size > limit:
+                raise RequestRejected(413, "too_large", f"body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+        if inflater is not None:
+            tail = inflater.flush()
+            size += len(tail)
+            if size > limit:
+                raise RequestRejected(413, "too_large", f"body is over the limit of {limit} bytes")
+            chunks.append(tail)
+            if not inflater.eof:
+                raise RequestRejected(400, "bad_encoding", "gzip body is truncated")
+    except zlib.error as exc:
+        raise RequestRejected(400, "bad_encoding", f"body is not valid gzip: {exc}") from None
+    return b"".join(chunks)
+
+
+def request_instance(request: Request) -> str | None:
+    """The Spinnaker instance named by the request: the header first, then ``?instance=``."""
+    value = request.headers.get(INSTANCE_HEADER) or request.query_params.get("instance")
+    return value.strip() or None if value else None
+
+
+async def store_prepared(request: Request, prepared: list[PreparedEvent]) -> dict[str, Any]:
+    """Submit prepared events to the store, wait for the commit, and count the outcome."""
+    store = request.app.state.store
+    metrics: Metrics = request.app.state.metrics
+    try:
+        future = store.submit(prepared)
+    except StoreOverloaded as exc:
+        raise RequestRejected(
+            503, "overloaded", f"spintrail is busy ({exc}); retry shortly", {"Retry-After": "1"}
+        ) from None
+    except StoreUnavailable as exc:
+        raise RequestRejected(503, "store_unavailable", str(exc), {"Retry-After": "5"}) from None
+    metrics.queue.set(store.pending)
+    try:
+        results = await asyncio.wrap_future(future)
+    except StoreFull as exc:
+        log.error("disk full: %s", exc)
+        raise RequestRejected(507, "disk_full", f"the store's disk is full: {exc}") from None
+    except StoreUnavailable as exc:
+        log.error("store unavailable: %s", exc)
+        raise RequestRejected(503, "store_unavailable", str(exc), {"Retry-After": "5"}) from None
+    duplicates = sum(1 for r in results if r.duplicate)
+    metrics.received.inc(len(results))
+    metrics.stored.inc(len(results) - duplicates)
+    metrics.duplicates.inc(duplicates)
+    return {
+        "stored": len(results) - duplicates,
+        "duplicates": duplicates,
+        "events": [
+            {"id": r.id, "event_id": p.record.event_id, "duplicate": r.duplicate}
+            for r, p in zip(results, prepared, strict=True)
+        ],
+    }
+
+
+@router.post("/api/v1/events", tags=["ingest"], summary="Receive echo events")
+@router.post("/api/v1/events/", include_in_schema=False)
+async def receive_events(request: Request) -> JSONResponse:
+    """Store the echo events in the body (any shape echo sends); answers after the commit."""
+    metrics: Metrics = request.app.state.metrics
+    ingestor: Ingestor = request.app.state.ingestor
+    try:
+        body = await read_body(request, request.app.state.settings.max_body_bytes)
+        instance = request_instance(request)
+        received_at = int(time.time() * 1000)
+
+        def prepare() -> list[PreparedEvent]:
+            try:
+                incoming = decode_body(body)
+            except DecodeError as exc:
+                reason = "empty_body" if not body.strip() else "invalid_body"
+                raise RequestRejected(400, reason, str(exc)) from None
+            return [ingestor.prepare(e, received_at=received_at, instance=instance) for e in incoming]
+
+        prepared = await run_in_threadpool(prepare) if len(body) > _THREAD_THRESHOLD else prepare()
+        answer = await store_prepared(request, prepared)
+    except RequestRejected as exc:
+        metrics.rejected.labels(exc.reason).inc()
+        return exc.response()
+    return JSONResponse(answer)

@@ -1,0 +1,452 @@
+"""The SQLite store: one file, WAL, one writer thread that group-commits, readers on their own connections.
+
+A request's events are queued to the writer thread, which drains everything waiting (up to
+``batch_max`` events), writes it in one transaction and commits with ``synchronous=FULL`` before any of the
+waiting requests is answered. Many concurrent requests therefore share one fsync.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spintrail import fulltext
+from spintrail.query import COLUMN_FILTERS, LIST_FILTERS, Filters, type_pattern
+from spintrail.record import LIST_FIELDS, TEXT_FIELDS, AuditRecord
+from spintrail.store import blobs
+from spintrail.store.base import (
+    AppendResult,
+    Page,
+    PreparedEvent,
+    Store,
+    StoreFull,
+    StoreOverloaded,
+    StoreStats,
+    StoreUnavailable,
+    decode_cursor,
+    encode_cursor,
+)
+
+log = logging.getLogger(__name__)
+
+_RECORD_COLUMNS: tuple[str, ...] = ("event_id", "received_at", "time", *TEXT_FIELDS, *LIST_FIELDS)
+_SELECT = "SELECT id, " + ", ".join(f'"{c}"' for c in _RECORD_COLUMNS) + " FROM events"
+
+#: Versioned schema migrations, applied in order on start and recorded in ``schema_migrations``.
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE raw (
+            id INTEGER PRIMARY KEY,
+            codec INTEGER NOT NULL,
+            base_id INTEGER,
+            size INTEGER NOT NULL,
+            sha256 BLOB NOT NULL,
+            data BLOB NOT NULL
+        );
+        CREATE INDEX raw_base ON raw(base_id) WHERE base_id IS NOT NULL;
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            event_id TEXT NOT NULL UNIQUE,
+            received_at INTEGER NOT NULL,
+            time INTEGER NOT NULL,
+        """
+        + ",\n".join(f'            "{c}" TEXT' for c in TEXT_FIELDS)
+        + ",\n"
+        + ",\n".join(f"            {c} TEXT NOT NULL DEFAULT '[]'" for c in LIST_FIELDS)
+        + """,
+            raw_id INTEGER
+        );
+        CREATE INDEX events_time ON events(time, id);
+        CREATE INDEX events_user ON events("user", time, id);
+        CREATE INDEX events_application ON events(application, time, id);
+        CREATE INDEX events_type ON events(type, time, id);
+        CREATE INDEX events_status ON events(status, time, id);
+        CREATE INDEX events_source ON events(source, time, id);
+        CREATE INDEX events_instance ON events(spinnaker_instance, time, id);
+        CREATE INDEX events_execution ON events(execution_id, time, id);
+        CREATE TABLE event_tags (
+            kind TEXT NOT NULL,
+            value TEXT NOT NULL,
+            time INTEGER NOT NULL,
+            event_row INTEGER NOT NULL,
+            PRIMARY KEY (kind, value, time, event_row)
+        ) WITHOUT ROWID;
+        CREATE INDEX event_tags_row ON event_tags(event_row);
+        CREATE VIRTUAL TABLE events_fts USING fts5(text, content='', columnsize=0);
+        """,
+    ),
+]
+
+
+@dataclass(slots=True)
+class _Job:
+    items: Sequence[PreparedEvent]
+    future: Future[list[AppendResult]] = field(default_factory=Future)
+
+
+_STOP = object()
+
+
+def sqlite_path(database: str) -> str:
+    """The file path of a ``sqlite:///path`` URL or a plain path."""
+    if database.startswith("sqlite:///"):
+        return database[len("sqlite:///") :] or ":memory:"
+    if database.startswith("sqlite://"):
+        return database[len("sqlite://") :]
+    return database
+
+
+class SqliteStore(Store):
+    """Events in one SQLite file."""
+
+    backend = "sqlite"
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, batch_max: int = 2000, queue_max: int = 20000
+    ) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            parent = Path(self.path).parent
+            if not parent.exists():
+                raise StoreUnavailable(f"directory {parent} for the database does not exist: create it first")
+        self.batch_max = batch_max
+        self.queue_max = queue_max
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._closed = False
+        self._cache = blobs.DeltaCache()
+        self.commit_observer: Any = None  # callable(seconds, events) set by the app for metrics
+        conn = self._connect()
+        try:
+            self._migrate(conn)
+        finally:
+            conn.close()
+        self._writer = threading.Thread(target=self._run, name="spintrail-sqlite-writer", daemon=True)
+        self._writer.start()
+
+    # -- connections -------------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=30000")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only=1")
+            self._local.conn = conn
+            with self._lock:
+                self._readers.append(conn)
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER)"
+        )
+        done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        for version, sql in MIGRATIONS:
+            if version in done:
+                continue
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _split_sql(sql):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations(version, applied_at) VALUES (?, ?)",
+                    (version, int(time.time() * 1000)),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            log.info("sqlite store %s: applied schema migration %d", self.path, version)
+
+    # -- writes ------------------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def submit(self, items: Sequence[PreparedEvent]) -> Future[list[AppendResult]]:
+        job = _Job(items)
+        if not items:
+            job.future.set_result([])
+            return job.future
+        with self._lock:
+            if self._closed:
+                raise StoreUnavailable("the store is shutting down")
+            if self._pending and self._pending + len(items) > self.queue_max:
+                raise StoreOverloaded(f"{self._pending} events are waiting to be committed")
+            self._pending += len(items)
+        self._queue.put(job)
+        return job.future
+
+    def _run(self) -> None:
+        conn = self._connect()
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            jobs: list[_Job] = [first]
+            count = len(first.items)
+            while count < self.batch_max:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                jobs.append(nxt)
+                count += len(nxt.items)
+            self._commit(conn, jobs)
+        conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+        started = time.perf_counter()
+        new_blobs: set[int] = set()
+        count = sum(len(j.items) for j in jobs)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            seen: dict[str, int] = {}
+            results = [[self._write(conn, item, seen, new_blobs) for item in job.items] for job in jobs]
+            conn.execute("COMMIT")
+        except Exception as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._cache.forget(new_blobs)
+            if len(jobs) > 1:
+                # One bad request must not fail the others that shared its commit: retry each alone.
+                for job in jobs:
+                    with self._lock:
+                        self._pending += len(job.items)
+                    self._commit(conn, [job])
+            else:
+                log.error("sqlite store: commit failed: %s", exc)
+                jobs[0].future.set_exception(_store_error(exc))
+        else:
+            elapsed = time.perf_counter() - started
+            if self.commit_observer is not None:
+                self.commit_observer(elapsed, count)
+            for job, res in zip(jobs, results, strict=True):
+                job.future.set_result(res)
+        finally:
+            with self._lock:
+                self._pending -= count
+
+    def _write(
+        self, conn: sqlite3.Connection, item: PreparedEvent, seen: dict[str, int], new_blobs: set[int]
+    ) -> AppendResult:
+        rec = item.record
+        if rec.event_id in seen:
+            return AppendResult(seen[rec.event_id], True)
+        row = conn.execute("SELECT id FROM events WHERE event_id = ?", (rec.event_id,)).fetchone()
+        if row is not None:
+            return AppendResult(row[0], True)
+        key = blobs.delta_key(rec.execution_id, rec.type)
+        base = self._cache.base_for(key)
+        blob = blobs.compress(item.raw, base[1] if base else None, base[0] if base else None)
+        raw_id = conn.execute(
+            "INSERT INTO raw(codec, base_id, size, sha256, data) VALUES (?, ?, ?, ?, ?)",
+            (blob.codec, blob.base_id, blob.size, blob.sha256, blob.data),
+        ).lastrowid
+        assert raw_id is not None
+        new_blobs.add(raw_id)
+        self._cache.remember(key, raw_id, item.raw, base[2] + 1 if base else 0)
+        values = [getattr(rec, c) for c in _RECORD_COLUMNS[: 3 + len(TEXT_FIELDS)]]
+        values += [json.dumps(getattr(rec, c), ensure_ascii=False) for c in LIST_FIELDS]
+        cols = ", ".join(f'"{c}"' for c in _RECORD_COLUMNS)
+        marks = ", ".join("?" for _ in _RECORD_COLUMNS)
+        row_id = conn.execute(
+            f"INSERT INTO events({cols}, raw_id) VALUES ({marks}, ?)", (*values, raw_id)
+        ).lastrowid
+        assert row_id is not None
+        tags = [
+            (kind, value, rec.time, row_id)
+            for kind, field_name in LIST_FILTERS.items()
+            for value in dict.fromkeys(getattr(rec, field_name))
+        ]
+        if tags:
+            conn.executemany("INSERT OR IGNORE INTO event_tags VALUES (?, ?, ?, ?)", tags)
+        if item.text:
+            conn.execute("INSERT INTO events_fts(rowid, text) VALUES (?, ?)", (row_id, item.text))
+        rec.id = row_id
+        seen[rec.event_id] = row_id
+        return AppendResult(row_id, False)
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def search(self, filters: Filters, *, limit: int = 100, cursor: str | None = None) -> Page:
+        where, args = self._where(filters)
+        if where is None:
+            return Page([], None)
+        if cursor:
+            t, i = decode_cursor(cursor)
+            where.append("(time, id) < (?, ?)")
+            args += [t, i]
+        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY time DESC, id DESC LIMIT ?"
+        rows = self._read(sql, [*args, limit + 1])
+        records = [_row_to_record(r) for r in rows[:limit]]
+        nxt = None
+        if len(rows) > limit and records:
+            last = records[-1]
+            assert last.id is not None
+            nxt = encode_cursor(last.time, last.id)
+        return Page(records, nxt)
+
+    def _where(self, f: Filters) -> tuple[list[str] | None, list[Any]]:
+        where: list[str] = []
+        args: list[Any] = []
+        for name, column in COLUMN_FILTERS.items():
+            values = getattr(f, name)
+            if values:
+                where.append(f'"{column}" IN ({", ".join("?" for _ in values)})')
+                args += list(values)
+        if f.type:
+            ors = []
+            for value in f.type:
+                text, prefix = type_pattern(value)
+                if prefix:
+                    ors.append("(type >= ? AND type < ?)")
+                    args += [text, text + "\U0010ffff"]
+                else:
+                    ors.append("type = ?")
+                    args.append(text)
+            where.append("(" + " OR ".join(ors) + ")")
+        for name in LIST_FILTERS:
+            values = getattr(f, name)
+            if values:
+                where.append(
+                    "id IN (SELECT event_row FROM event_tags WHERE kind = ? AND value IN ("
+                    + ", ".join("?" for _ in values)
+                    + "))"
+                )
+                args += [name, *values]
+        if f.q is not None:
+            match = fulltext.fts5_query(f.q)
+            if match is None:
+                return None, []
+            where.append("id IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)")
+            args.append(match)
+        if f.since is not None:
+            where.append("time >= ?")
+            args.append(f.since)
+        if f.until is not None:
+            where.append("time < ?")
+            args.append(f.until)
+        return where, args
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self._reader().execute(sql, args).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
+
+    def get(self, id_: int) -> AuditRecord | None:
+        rows = self._read(_SELECT + " WHERE id = ?", (id_,))
+        return _row_to_record(rows[0]) if rows else None
+
+    def get_by_event_id(self, event_id: str) -> AuditRecord | None:
+        rows = self._read(_SELECT + " WHERE event_id = ?", (event_id,))
+        return _row_to_record(rows[0]) if rows else None
+
+    def raw(self, id_: int) -> bytes | None:
+        rows = self._read("SELECT raw_id FROM events WHERE id = ?", (id_,))
+        if not rows or rows[0][0] is None:
+            return None
+        return self._blob(rows[0][0])
+
+    def _blob(self, blob_id: int) -> bytes:
+        chain: list[tuple[int, bytes, int]] = []
+        next_id: int | None = blob_id
+        while next_id is not None:
+            rows = self._read("SELECT codec, data, size, base_id FROM raw WHERE id = ?", (next_id,))
+            if not rows:
+                raise StoreUnavailable(f"raw blob {next_id} is missing")
+            codec, data, size, base_id = rows[0]
+            chain.append((codec, data, size))
+            next_id = base_id if codec == blobs.CODEC_ZSTD_DELTA else None
+        out: bytes | None = None
+        for codec, data, size in reversed(chain):
+            out = blobs.decompress(codec, data, size, out)
+        assert out is not None
+        return out
+
+    def execution(self, execution_id: str) -> list[AuditRecord]:
+        rows = self._read(_SELECT + " WHERE execution_id = ? ORDER BY time, id", (execution_id,))
+        return [_row_to_record(r) for r in rows]
+
+    def ping(self) -> None:
+        self._read("SELECT 1")
+        if not self._writer.is_alive():
+            raise StoreUnavailable("the SQLite writer thread has stopped")
+
+    def stats(self) -> StoreStats:
+        n = self._read("SELECT count(*) FROM events")[0][0]
+        raw_bytes, stored = self._read(
+            "SELECT coalesce(sum(size), 0), coalesce(sum(length(data)), 0) FROM raw"
+        )[0]
+        extra: dict[str, int] = {}
+        if self.path != ":memory:":
+            extra["file_bytes"] = sum(
+                os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p)
+            )
+        return StoreStats(events=n, raw_bytes=raw_bytes, stored_raw_bytes=stored, extra=extra)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._queue.put(_STOP)
+        self._writer.join()
+        with self._lock:
+            for conn in self._readers:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._readers.clear()
+        self._local = threading.local()
+
+
+def _row_to_record(row: Sequence[Any]) -> AuditRecord:
+    n_text = 3 + len(TEXT_FIELDS)
+    kwargs: dict[str, Any] = dict(zip(_RECORD_COLUMNS[:n_text], row[1 : 1 + n_text], strict=True))
+    for name, value in zip(LIST_FIELDS, row[1 + n_text :], strict=True):
+        kwargs[name] = json.loads(value)
+    return AuditRecord(id=row[0], **kwargs)
+
+
+def _store_error(exc: Exception) -> Exception:
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and ("disk is full" in text or "disk I/O" in text):
+        return StoreFull(f"cannot commit: {text}")
+    return StoreUnavailable(f"cannot commit: {text}")
+
+
+def _split_sql(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]

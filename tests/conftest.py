@@ -1,0 +1,180 @@
+"""Shared test fixtures: real SQLite files, real server processes on loopback, the shared echo samples."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from spintrail.record import AuditRecord
+from spintrail.store.sqlite import SqliteStore
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_FIXTURES = ROOT.parent / "shared" / "fixtures" / "echo"
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [
+        f"sqlite: {sqlite3.sqlite_version}",
+        f"shared fixtures: {SHARED_FIXTURES if SHARED_FIXTURES.is_dir() else 'absent'}",
+    ]
+
+
+@pytest.fixture(scope="session")
+def echo_fixtures() -> Path:
+    """The folder of shared echo samples; tests using it skip where it is absent (a user's clone)."""
+    if not SHARED_FIXTURES.is_dir():
+        pytest.skip(
+            f"shared echo samples not found at {SHARED_FIXTURES} (they live beside the repository in CI)"
+        )
+    return SHARED_FIXTURES
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A real ``spintrail serve`` process on a loopback port."""
+
+    def __init__(
+        self, database: str, *, env: dict[str, str] | None = None, args: list[str] | None = None
+    ) -> None:
+        self.database = database
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "SPINTRAIL_LOG_LEVEL": "warning", **(env or {})}
+        self.args = args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = Path(database + f".{self.port}.log") if "://" not in database else None
+
+    def start(self, timeout: float = 20.0) -> Server:
+        cmd = [
+            sys.executable,
+            "-m",
+            "spintrail",
+            "serve",
+            "--port",
+            str(self.port),
+            "--database",
+            self.database,
+        ]
+        log = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen([*cmd, *self.args], env=self.env, stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not become ready: {self.log()}")
+
+    def log(self) -> str:
+        return (
+            self.log_path.read_text(errors="replace")[-4000:]
+            if self.log_path and self.log_path.exists()
+            else ""
+        )
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def post(self, body: bytes | str | Any, **kwargs: Any) -> httpx.Response:
+        if not isinstance(body, bytes | str):
+            body = json.dumps(body)
+        headers = {"Content-Type": "application/json", **kwargs.pop("headers", {})}
+        return httpx.post(
+            self.url + kwargs.pop("path", "/api/v1/events"),
+            content=body,
+            headers=headers,
+            timeout=60,
+            **kwargs,
+        )
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=60, **kwargs)
+
+
+@pytest.fixture()
+def server_factory(tmp_path: Path) -> Iterator[Any]:
+    servers: list[Server] = []
+
+    def make(database: str | None = None, **kwargs: Any) -> Server:
+        s = Server(database or str(tmp_path / "spintrail.db"), **kwargs)
+        servers.append(s)
+        return s.start()
+
+    yield make
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture()
+def server(server_factory: Any) -> Server:
+    """A fresh server on an empty SQLite file."""
+    return server_factory()  # type: ignore[no-any-return]
+
+
+@pytest.fixture()
+def sqlite_store(tmp_path: Path) -> Iterator[SqliteStore]:
+    store = SqliteStore(tmp_path / "store.db")
+    yield store
+    store.close()
+
+
+def make_record(n: int, **fields: Any) -> AuditRecord:
+    """A record for store tests, independent of normalization."""
+    base: dict[str, Any] = {
+        "event_id": f"evt-{n:06d}",
+        "received_at": 1_700_000_000_000 + n * 1000,
+        "time": 1_700_000_000_000 + n * 1000,
+        "source": "orca",
+        "type": "orca:stage:complete",
+        "application": "checkout",
+        "user": "alice@example.com",
+    }
+    base.update(fields)
+    return AuditRecord(**base)
+
+
+STORE_BACKENDS = ["sqlite"]
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """Each store backend, empty (the store contract tests run once per backend)."""
+    from spintrail.store import open_store
+
+    if request.param == "sqlite":
+        s = open_store(str(tmp_path / "contract.db"))
+    else:  # pragma: no cover - other backends register themselves here
+        raise AssertionError(request.param)
+    yield s
+    s.close()
