@@ -11,12 +11,10 @@ from typing import Any
 
 import pytest
 
-from spintrail.query import Filters
-from spintrail.store import PreparedEvent, Store
-from spintrail.store import blobs
-from spintrail.store.sqlite import SqliteStore
-
 from conftest import make_record
+from spintrail.query import Filters
+from spintrail.store import PreparedEvent, Store, blobs
+from spintrail.store.sqlite import SqliteStore
 
 
 def prepared(n: int, raw: bytes | None = None, text: str = "", **fields: Any) -> PreparedEvent:

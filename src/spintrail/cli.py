@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 import time
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -77,7 +78,12 @@ def open_store_or_exit(settings: Settings) -> Store:
 def with_filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Add one ``--<filter>`` option per query filter (the API's names) and pass ``filters=`` to ``fn``."""
     sig = inspect.signature(fn)
-    params = [p for p in sig.parameters.values() if p.name != "filters"]
+    hints = typing.get_type_hints(fn, include_extras=True)
+    params = [
+        p.replace(annotation=hints.get(p.name, p.annotation))
+        for p in sig.parameters.values()
+        if p.name != "filters"
+    ]
     for name in FILTER_NAMES:
         flag = "--" + name.replace("_", "-")
         if name in ("q", "since", "until"):
@@ -295,22 +301,24 @@ def import_(
             size = f.stat().st_size
             row: dict[str, Any] = {"file": str(f), "stored": 0, "duplicates": 0, "error": None}
             counter = _CountingIter(iter_decode_file(f))
+            counts = Counts()
             try:
-                row["stored"], row["duplicates"] = _ingest_events(
+                _ingest_events(
                     settings,
                     store,
                     iter(counter),
                     label=f.name,
                     progress_total=size,
                     position=counter.position,
+                    counts=counts,
                 )
             except DecodeError as exc:
                 failed = True
-                row["stored"], row["duplicates"] = counter.stored, counter.duplicates
-                row["error"] = f"{exc} (events before this point were imported)"
+                row["error"] = f"{exc} (the events before it were imported)"
             except StoreError as exc:
                 failed = True
                 row["error"] = str(exc)
+            row["stored"], row["duplicates"] = counts.stored, counts.duplicates
             row["events"] = row["stored"] + row["duplicates"]
             summary.append(row)
     finally:
