@@ -246,7 +246,7 @@ def test_sqlite_reopen_keeps_everything_and_migrations_run_once(tmp_path: Path) 
     try:
         assert s.stats().events == 10
         assert s.append([prepared(3)])[0].duplicate
-        versions = s._read("SELECT version FROM schema_migrations")
+        versions = s._read("SELECT version FROM schema_migrations WHERE component = 'events'")
         assert len(versions) == 1
         assert hashlib.sha256(s.raw(1) or b"").hexdigest() == hashlib.sha256(b'{"n": 0}').hexdigest()
     finally:
@@ -258,3 +258,22 @@ def test_sqlite_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(StoreUnavailable, match="does not exist"):
         SqliteStore(tmp_path / "nope" / "x.db")
+
+
+def test_write_hooks_run_in_the_commit_and_roll_back_with_it(store: Store) -> None:
+    from spintrail.store import StoreError
+
+    seen: list[list[int]] = []
+
+    def hook(conn: Any, written: list[Any]) -> None:
+        seen.append([w.id for w in written])
+        if any(w.item.record.event_id == "evt-000666" for w in written):
+            raise RuntimeError("hook refused")
+
+    store.write_hooks.append(hook)
+    res = store.append([prepared(1), prepared(2), prepared(1)])
+    assert seen[-1] == [res[0].id, res[1].id]  # duplicates are not handed to hooks
+    with pytest.raises(StoreError):
+        store.append([prepared(666)])
+    assert store.get_by_event_id("evt-000666") is None
+    assert store.append([prepared(3)])[0].duplicate is False

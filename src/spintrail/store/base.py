@@ -13,9 +13,10 @@ from __future__ import annotations
 import abc
 import base64
 import binascii
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from spintrail.query import Filters
 from spintrail.record import AuditRecord
@@ -52,6 +53,20 @@ class AppendResult:
 
     id: int
     duplicate: bool
+
+
+@dataclass(slots=True)
+class Written:
+    """An event newly written in the current transaction (given to write hooks)."""
+
+    item: PreparedEvent
+    id: int
+
+
+#: Called inside the writer's transaction, after a group's events are written and before COMMIT, with the
+#: backend's connection and the events newly written (duplicates excluded). Whatever a hook writes commits
+#: or rolls back with the events: this is how the forwarding outbox and the tamper-evident log stay exact.
+WriteHook = Callable[[Any, list[Written]], None]
 
 
 @dataclass(slots=True)
@@ -94,6 +109,9 @@ class Store(abc.ABC):
 
     #: A short name for logs and /readyz ("sqlite", "postgresql").
     backend: str = ""
+
+    def __init__(self) -> None:
+        self.write_hooks: list[WriteHook] = []
 
     @abc.abstractmethod
     def submit(self, items: Sequence[PreparedEvent]) -> Future[list[AppendResult]]:

@@ -34,6 +34,7 @@ from spintrail.store.base import (
     StoreOverloaded,
     StoreStats,
     StoreUnavailable,
+    Written,
     decode_cursor,
     encode_cursor,
 )
@@ -117,6 +118,7 @@ class SqliteStore(Store):
     def __init__(
         self, path: str | os.PathLike[str], *, batch_max: int = 2000, queue_max: int = 20000
     ) -> None:
+        super().__init__()
         self.path = str(path)
         if self.path != ":memory:":
             parent = Path(self.path).parent
@@ -163,26 +165,19 @@ class SqliteStore(Store):
         return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER)"
-        )
-        done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-        for version, sql in MIGRATIONS:
-            if version in done:
-                continue
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _split_sql(sql):
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO schema_migrations(version, applied_at) VALUES (?, ?)",
-                    (version, int(time.time() * 1000)),
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            log.info("sqlite store %s: applied schema migration %d", self.path, version)
+        migrate(conn, "events", MIGRATIONS)
+
+    def migrate_component(self, component: str, migrations: Sequence[tuple[int, str]]) -> None:
+        """Apply another component's schema migrations (forwarding outbox, integrity log) to this file."""
+        conn = self._connect()
+        try:
+            migrate(conn, component, migrations)
+        finally:
+            conn.close()
+
+    def connect(self) -> sqlite3.Connection:
+        """A new connection to the store's file (WAL, synchronous=FULL) for a component's own work."""
+        return self._connect()
 
     # -- writes ------------------------------------------------------------------------------------
 
@@ -233,7 +228,13 @@ class SqliteStore(Store):
         try:
             conn.execute("BEGIN IMMEDIATE")
             seen: dict[str, int] = {}
-            results = [[self._write(conn, item, seen, new_blobs) for item in job.items] for job in jobs]
+            written: list[Written] = []
+            results = [
+                [self._write(conn, item, seen, new_blobs, written) for item in job.items] for job in jobs
+            ]
+            if written:
+                for hook in self.write_hooks:
+                    hook(conn, written)
             conn.execute("COMMIT")
         except Exception as exc:
             if conn.in_transaction:
@@ -259,7 +260,12 @@ class SqliteStore(Store):
                 self._pending -= count
 
     def _write(
-        self, conn: sqlite3.Connection, item: PreparedEvent, seen: dict[str, int], new_blobs: set[int]
+        self,
+        conn: sqlite3.Connection,
+        item: PreparedEvent,
+        seen: dict[str, int],
+        new_blobs: set[int],
+        written: list[Written],
     ) -> AppendResult:
         rec = item.record
         if rec.event_id in seen:
@@ -296,6 +302,7 @@ class SqliteStore(Store):
             conn.execute("INSERT INTO events_fts(rowid, text) VALUES (?, ?)", (row_id, item.text))
         rec.id = row_id
         seen[rec.event_id] = row_id
+        written.append(Written(item, row_id))
         return AppendResult(row_id, False)
 
     # -- reads -------------------------------------------------------------------------------------
@@ -446,6 +453,34 @@ def _store_error(exc: Exception) -> Exception:
     if isinstance(exc, sqlite3.OperationalError) and ("disk is full" in text or "disk I/O" in text):
         return StoreFull(f"cannot commit: {text}")
     return StoreUnavailable(f"cannot commit: {text}")
+
+
+def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[tuple[int, str]]) -> None:
+    """Apply a component's versioned migrations once each, recorded in ``schema_migrations``."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (component TEXT NOT NULL, version INTEGER NOT NULL,"
+        " applied_at INTEGER, PRIMARY KEY (component, version))"
+    )
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        done = {
+            row[0]
+            for row in conn.execute("SELECT version FROM schema_migrations WHERE component = ?", (component,))
+        }
+        for version, sql in migrations:
+            if version in done:
+                continue
+            for statement in _split_sql(sql):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations(component, version, applied_at) VALUES (?, ?, ?)",
+                (component, version, int(time.time() * 1000)),
+            )
+            log.info("sqlite: applied %s schema migration %d", component, version)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _split_sql(script: str) -> list[str]:
