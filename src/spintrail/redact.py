@@ -1,0 +1,472 @@
+"""Secret redaction: replace secret values in an event with a keyed HMAC before it is indexed, stored in
+normalized fields or forwarded.
+
+Every secret value becomes ``hmac-sha256:<hex>`` computed with a per-installation key, so two events carrying
+the same secret still show the same hash (an investigator can correlate them, or hash a known value and
+search for it) while the value itself never leaves the receiver. Like any unsalted-per-value hash, values
+from a small space (PINs, short dictionary words) can be brute-forced by someone who holds the key.
+
+What counts as secret
+---------------------
+*Key patterns* (always on). A key is first normalised to ``snake_case`` (``apiKey`` -> ``api_key``,
+``X-Hub-Signature-256`` -> ``x_hub_signature_256``), then searched case-insensitively with each pattern of
+:data:`DEFAULT_SECRET_KEY_PATTERNS` (plus ``extra_patterns``, which are also tried on the raw key). To keep
+false positives out, a default-pattern match is ignored when the last word of the key (trailing numbers
+dropped) says the value is *about* a secret rather than the secret itself: ``secretName``, ``secretKeyRef``,
+``passwordFile``, ``tokenType``, ``inputTokenCount``, ``credentialsId``, ``authorizationUrl`` ... (see
+``_SAFE_LAST_WORDS``). The token pattern only matches a word that *ends* in ``token``, so ``tokenizer`` and
+``maxTokens`` are kept. ``extra_patterns`` are never overridden by these exemptions. Keys longer than 100
+characters are messages used as map keys (orca's ``expressionEvaluationSummary``), not field names, and are
+never matched.
+
+``credentials``: in orca stage contexts this is the Spinnaker account name (``"prod"``), which the audit
+record needs. A ``credential(s)`` value is therefore only redacted when it is an object/list or a string that
+does not look like a Spinnaker account name (``^[a-z0-9]+([-a-z0-9_]*[a-z0-9])?$``, at most 64 characters,
+not a long hex blob).
+
+A dict with a secret-looking ``name`` (``{"name": "DB_PASSWORD", "value": ...}``: Kubernetes env vars,
+pipeline ``parameterConfig``) has its ``value``, ``default`` and ``options`` redacted.
+
+*Known Spinnaker places* (``known_places=True``), redacted whatever their key names:
+
+* all values of any ``customHeaders`` object (webhook and preconfigured-webhook stage contexts);
+* ``requestHeaders`` / ``headers`` entries named ``Authorization``, ``Proxy-Authorization``, ``Cookie``,
+  ``Set-Cookie``, ``X-Hub-Signature*``, anything with ``signature`` in its name, or matching a key pattern;
+* ``trigger.secret`` and ``trigger.other.secret``;
+* Kubernetes ``Secret`` manifests anywhere (``manifests[]``, ``outputs.manifests[]``, kato result objects):
+  every value of ``data`` and ``stringData`` and the ``kubectl.kubernetes.io/last-applied-configuration``
+  annotation (which repeats the data);
+* ``rawContent`` strings (raw webhook bodies): parsed as JSON and redacted like the event (re-serialized only
+  when something was replaced), or passed through :meth:`Redactor.redact_text` when not JSON;
+* base64 ``pipeline`` strings (``savePipeline`` stage contexts carry the whole pipeline config, including
+  trigger secrets): decoded, redacted and re-encoded only when something was replaced.
+
+Value rules: strings are hashed over their UTF-8 bytes; numbers and objects over their canonical JSON (sorted
+keys, no spaces), so ``5`` and ``"5"`` hash alike; lists are redacted element by element (their shape is
+kept); ``None``, booleans, empty strings and values that are already ``hmac-sha256:`` hashes are left alone.
+
+The walk is iterative (no recursion limit on deeply nested input), copies the input (it is never mutated),
+keeps key order, and caches the per-key decision, so multi-megabyte events cost one pass.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["DEFAULT_SECRET_KEY_PATTERNS", "HASH_PREFIX", "Redactor"]
+
+HASH_PREFIX = "hmac-sha256:"
+
+#: Regexes searched (case-insensitively) in the snake_case form of a key.
+DEFAULT_SECRET_KEY_PATTERNS: tuple[str, ...] = (
+    r"pass(word|wd|phrase)",  # password, passwd, passphrase, db_password
+    r"(^|_)pwd(_|$)",
+    r"secret",  # secret, client_secret, secret_access_key, webhook_secret
+    r"token(_|$)",  # token, access_token, githubtoken, x_gitlab_token; not tokenizer / max_tokens
+    r"(^|_)auth$",  # auth, basic_auth (docker config auth, HTTP auth blocks)
+    r"authorization",  # authorization, proxy_authorization
+    r"api_?key",  # api_key, apikey, x_api_key
+    r"private_?key",  # private_key, privatekey, ssh_private_key
+    r"access_?key",  # access_key, secret_access_key (access_key_id is exempt: ends in "id")
+    r"(signing|encryption|master)_key",
+    r"credentials?$",  # credential(s): see the account-name rule
+    r"hub_signature",  # x_hub_signature, x_hub_signature_256
+    r"cookie",  # cookie, set_cookie, cookies
+    r"(^|_)jwt(_|$)",
+    r"connection_?string",
+)
+
+#: A default-pattern match is ignored when the key's last word (trailing numbers dropped) is one of these:
+#: the value names, points at, counts or describes a secret instead of being one.
+_SAFE_LAST_WORDS = frozenset(
+    {
+        "name", "names", "ref", "refs", "reference", "id", "ids", "type", "types", "kind", "count", "length",
+        "len", "size", "file", "files", "path", "paths", "dir", "url", "uri", "urls", "endpoint", "expiry",
+        "expires", "expiration", "expired", "at", "time", "timestamp", "ttl", "age", "policy", "enabled",
+        "required", "field", "fields", "hint", "prompt", "label", "description", "format", "mode", "version",
+        "location", "provider", "source", "env", "present", "set", "exists", "valid", "changed",
+    }
+)  # fmt: skip
+
+#: Keys that match a pattern but, in Kubernetes manifests, only list references to secrets.
+_SAFE_KEYS = frozenset({"image_pull_secrets"})
+
+#: ``secret: {secretName: ..., items: [...]}`` (volume source) is a reference, not a secret.
+_SECRET_REFERENCE_FIELDS = frozenset({"secretName", "name", "items", "defaultMode", "optional"})
+
+_ACCOUNT_NAME = re.compile(r"[a-z0-9]+([-a-z0-9_]*[a-z0-9])?")
+_HEX_BLOB = re.compile(r"[0-9a-fA-F]{20,}")
+_HASHED = re.compile(r"hmac-sha256:[0-9a-f]{64}")
+_BASE64ISH = re.compile(r"[A-Za-z0-9+/=\s]+")
+
+_HEADER_NAMES = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+_NAME_VALUE_SECRET_FIELDS = ("value", "default", "defaultValue", "options")
+_LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+_CAMEL_1 = re.compile(r"([a-z0-9])([A-Z])")
+_CAMEL_2 = re.compile(r"([A-Z]+)([A-Z][a-z])")
+_NON_WORD = re.compile(r"[^A-Za-z0-9]+")
+
+# Key decision kinds.
+_PLAIN = 0
+_SECRET = 1
+_CREDENTIAL = 2
+
+# Walk contexts: how to treat the keys of the container being visited.
+_CTX_NORMAL = 0
+_CTX_ALL_SECRET = 1  # every value of this dict is secret (customHeaders, Secret data)
+_CTX_HEADERS = 2  # header maps: header-name rules apply
+_CTX_TRIGGER = 3  # a trigger object: "secret" and "other.secret"
+_CTX_TRIGGER_OTHER = 4
+_CTX_K8S_SECRET_METADATA = 5
+_CTX_K8S_SECRET_ANNOTATIONS = 6
+_CTX_SECRET_VALUE = 7  # the container itself is a secret value being hashed element-wise (lists)
+
+_CACHE_LIMIT = 50_000
+_MAX_KEY_LENGTH = 100
+
+
+def _snake(key: str) -> str:
+    s = _CAMEL_1.sub(r"\1_\2", key)
+    s = _CAMEL_2.sub(r"\1_\2", s)
+    return _NON_WORD.sub("_", s).strip("_").lower()
+
+
+def _canonical_json(value: Any) -> str:
+    """Canonical JSON (sorted keys, compact, UTF-8) built without recursion, for arbitrarily deep values."""
+    out: list[str] = []
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _Literal):
+            out.append(item.text)
+        elif isinstance(item, dict):
+            parts: list[Any] = [_Literal("{")]
+            for i, k in enumerate(sorted(item, key=str)):
+                if i:
+                    parts.append(_Literal(","))
+                parts.append(_Literal(json.dumps(str(k), ensure_ascii=False) + ":"))
+                parts.append(item[k])
+            parts.append(_Literal("}"))
+            stack.extend(reversed(parts))
+        elif isinstance(item, list | tuple):
+            parts = [_Literal("[")]
+            for i, v in enumerate(item):
+                if i:
+                    parts.append(_Literal(","))
+                parts.append(v)
+            parts.append(_Literal("]"))
+            stack.extend(reversed(parts))
+        else:
+            out.append(json.dumps(item, ensure_ascii=False))
+    return "".join(out)
+
+
+class _Literal:
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class Redactor:
+    """Replaces secret values in events and free text with ``hmac-sha256:<hex>`` under one key."""
+
+    def __init__(self, key: bytes, *, extra_patterns: Sequence[str] = (), known_places: bool = True) -> None:
+        if not isinstance(key, bytes | bytearray):
+            raise TypeError(f"redaction key must be bytes, got {type(key).__name__}")
+        if len(key) < 16:
+            raise ValueError(f"redaction key must be at least 16 bytes, got {len(key)}")
+        self._key = bytes(key)
+        self._known_places = known_places
+        self._defaults = [re.compile(p, re.IGNORECASE) for p in DEFAULT_SECRET_KEY_PATTERNS]
+        extras: list[re.Pattern[str]] = []
+        for p in extra_patterns:
+            try:
+                extras.append(re.compile(p, re.IGNORECASE))
+            except re.error as exc:
+                raise ValueError(f"invalid secret key pattern {p!r}: {exc}") from exc
+        self._extras = extras
+        self._cache: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ hashing
+
+    def hash_value(self, value: str) -> str:
+        """``hmac-sha256:<hex>`` of the UTF-8 bytes of ``value`` under this installation's key."""
+        data = value.encode("utf-8", "surrogatepass")  # JSON may carry lone surrogate escapes
+        digest = hmac.new(self._key, data, hashlib.sha256).hexdigest()
+        return HASH_PREFIX + digest
+
+    def _hash_any(self, value: Any) -> str:
+        if isinstance(value, str):
+            return self.hash_value(value)
+        return self.hash_value(_canonical_json(value))
+
+    # ------------------------------------------------------------------ key rules
+
+    def _classify(self, key: str) -> int:
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        result = self._classify_uncached(key)
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[key] = result
+        return result
+
+    def _classify_uncached(self, key: str) -> int:
+        if len(key) > _MAX_KEY_LENGTH:
+            return _PLAIN  # a message used as a map key (orca's expressionEvaluationSummary), not a field
+        snake = _snake(key)
+        for pattern in self._extras:
+            if pattern.search(snake) or pattern.search(key):
+                return _SECRET
+        if snake in _SAFE_KEYS or not any(p.search(snake) for p in self._defaults):
+            return _PLAIN
+        words = snake.split("_")
+        while len(words) > 1 and words[-1].isdigit():
+            words.pop()
+        if words[-1] in _SAFE_LAST_WORDS:
+            return _PLAIN
+        if words[-1] in ("credential", "credentials"):
+            return _CREDENTIAL
+        return _SECRET
+
+    def _is_secret_header(self, name: str) -> bool:
+        lowered = name.lower()
+        if lowered in _HEADER_NAMES or "signature" in lowered:
+            return True
+        return self._classify(name) == _SECRET
+
+    @staticmethod
+    def _looks_like_account(value: str) -> bool:
+        return len(value) <= 64 and bool(_ACCOUNT_NAME.fullmatch(value)) and not _HEX_BLOB.fullmatch(value)
+
+    # ------------------------------------------------------------------ walk
+
+    def redact(self, event: Any) -> tuple[Any, int]:
+        """Return a redacted copy of ``event`` (input untouched) and the number of values replaced."""
+        holder: list[Any] = [None]
+        count = 0
+        # (value, container to write into, slot in that container, context of value's own children)
+        stack: list[tuple[Any, Any, Any, int]] = [(event, holder, 0, _CTX_NORMAL)]
+        known = self._known_places
+        while stack:
+            value, parent, slot, ctx = stack.pop()
+            if isinstance(value, dict):
+                out: dict[Any, Any] = {}
+                parent[slot] = out
+                secret_name_pair = (
+                    ctx == _CTX_NORMAL
+                    and isinstance(value.get("name"), str)
+                    and self._classify(value["name"]) == _SECRET
+                )
+                k8s_secret = known and value.get("kind") == "Secret"
+                for k, v in value.items():
+                    decision = self._decide(k, v, ctx, secret_name_pair)
+                    if decision == _SECRET:
+                        if isinstance(v, list | tuple):
+                            out[k] = None
+                            stack.append((v, out, k, _CTX_SECRET_VALUE))
+                        else:
+                            new, n = self._secret_scalar_or_object(v)
+                            out[k] = new
+                            count += n
+                        continue
+                    if not isinstance(v, dict | list | tuple):
+                        if known and isinstance(v, str):
+                            if k == "rawContent":
+                                v, n = self._redact_raw(v)
+                                count += n
+                            elif k == "pipeline":
+                                v, n = self._redact_base64_pipeline(v)
+                                count += n
+                        out[k] = v
+                        continue
+                    out[k] = None
+                    stack.append((v, out, k, self._child_context(k, v, k8s_secret, ctx)))
+            elif isinstance(value, list | tuple):
+                lst: list[Any] = [None] * len(value)
+                parent[slot] = lst
+                for i, v in enumerate(value):
+                    if ctx == _CTX_SECRET_VALUE:
+                        if isinstance(v, list | tuple):
+                            stack.append((v, lst, i, _CTX_SECRET_VALUE))
+                        else:
+                            lst[i], n = self._secret_scalar_or_object(v)
+                            count += n
+                    elif isinstance(v, dict | list | tuple):
+                        stack.append((v, lst, i, _CTX_NORMAL))
+                    else:
+                        lst[i] = v
+            else:
+                parent[slot] = value
+        return holder[0], count
+
+    def _decide(self, key: Any, value: Any, ctx: int, secret_name_pair: bool) -> int:
+        """``_SECRET`` when the value under ``key`` must be hashed, else ``_PLAIN``."""
+        if value is None or isinstance(value, bool):
+            return _PLAIN
+        skey = key if isinstance(key, str) else str(key)
+        if ctx == _CTX_ALL_SECRET:
+            return _SECRET
+        if ctx == _CTX_HEADERS:
+            return _SECRET if self._is_secret_header(skey) else _PLAIN
+        if ctx in (_CTX_TRIGGER, _CTX_TRIGGER_OTHER) and skey == "secret":
+            return _SECRET
+        if ctx == _CTX_K8S_SECRET_ANNOTATIONS and skey == _LAST_APPLIED:
+            return _SECRET
+        if secret_name_pair and skey in _NAME_VALUE_SECRET_FIELDS:
+            return _SECRET
+        kind = self._classify(skey)
+        if kind == _PLAIN:
+            return _PLAIN
+        if kind == _CREDENTIAL:
+            if isinstance(value, str) and self._looks_like_account(value):
+                return _PLAIN
+            return _SECRET
+        if (
+            isinstance(value, dict)
+            and _snake(skey) == "secret"
+            and value
+            and value.keys() <= _SECRET_REFERENCE_FIELDS
+        ):
+            return _PLAIN  # Kubernetes secret volume source: names a Secret, holds no data
+        return _SECRET
+
+    def _child_context(self, key: Any, value: Any, in_k8s_secret: bool, ctx: int) -> int:
+        if not self._known_places or not isinstance(value, dict):
+            return _CTX_NORMAL
+        if key == "customHeaders":
+            return _CTX_ALL_SECRET
+        if key in ("requestHeaders", "headers"):
+            return _CTX_HEADERS
+        if key == "trigger":
+            return _CTX_TRIGGER
+        if key == "other" and ctx == _CTX_TRIGGER:
+            return _CTX_TRIGGER_OTHER
+        if in_k8s_secret:
+            if key in ("data", "stringData"):
+                return _CTX_ALL_SECRET
+            if key == "metadata":
+                return _CTX_K8S_SECRET_METADATA
+        if ctx == _CTX_K8S_SECRET_METADATA and key == "annotations":
+            return _CTX_K8S_SECRET_ANNOTATIONS
+        return _CTX_NORMAL
+
+    def _secret_scalar_or_object(self, value: Any) -> tuple[Any, int]:
+        if value is None or isinstance(value, bool) or value == "":
+            return value, 0
+        if isinstance(value, str) and _HASHED.fullmatch(value):
+            return value, 0
+        return self._hash_any(value), 1
+
+    # ------------------------------------------------------------------ embedded documents
+
+    def _redact_raw(self, raw: str) -> tuple[str, int]:
+        stripped = raw.lstrip()
+        if stripped[:1] in ("{", "["):
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict | list):
+                redacted, n = self.redact(parsed)
+                if n == 0:
+                    return raw, 0
+                return json.dumps(redacted, ensure_ascii=False, separators=(",", ":")), n
+        return self._redact_text_count(raw)
+
+    def _redact_base64_pipeline(self, value: str) -> tuple[str, int]:
+        if len(value) < 8 or not value.startswith("e") or not _BASE64ISH.fullmatch(value):
+            return value, 0
+        try:
+            decoded = base64.b64decode(value, validate=False).decode("utf-8")
+            parsed = json.loads(decoded)
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            return value, 0
+        if not isinstance(parsed, dict):
+            return value, 0
+        redacted, n = self.redact(parsed)
+        if n == 0:
+            return value, 0
+        text = json.dumps(redacted, ensure_ascii=False, separators=(",", ":"))
+        return base64.b64encode(text.encode("utf-8")).decode("ascii"), n
+
+    # ------------------------------------------------------------------ free text
+
+    def redact_text(self, text: str) -> str:
+        """Hash the secret part of ``Authorization: Bearer xxx``, ``password=xxx``, URL user-info and
+        similar patterns in free text; everything else is returned unchanged."""
+        return self._redact_text_count(text)[0]
+
+    def _redact_text_count(self, text: str) -> tuple[str, int]:
+        total = 0
+        for pattern in _TEXT_RULES:
+            text, n = pattern.subn(self._replace_text_secret, text)
+            total += n
+        return text, total
+
+    def _replace_text_secret(self, match: re.Match[str]) -> str:
+        for group in ("s", "dq", "sq", "bare"):
+            secret = match.groupdict().get(group)
+            if secret:
+                start, end = match.span(group)
+                base = match.start(0)
+                whole = match.group(0)
+                return whole[: start - base] + self.hash_value(secret) + whole[end - base :]
+        return match.group(0)
+
+
+_NOT_HASHED = r"(?!hmac-sha256:)"
+
+#: Applied in order; the secret is the named group ``s`` (or ``dq``/``sq``/``bare`` for key=value). Later
+#: rules skip values earlier ones already replaced (the ``hmac-sha256:`` look-ahead); possessive quantifiers
+#: stop a rule from backtracking onto a value that is already hashed.
+_TEXT_RULES: tuple[re.Pattern[str], ...] = (
+    # Authorization: Bearer xxx / "authorization": "Basic xxx" / Proxy-Authorization=xxx
+    re.compile(
+        r"\b(?:proxy-)?authorization[\"']?+\s*+[:=]\s*+[\"']?+"
+        r"(?:(?:bearer|basic|token|splunk|digest|negotiate|apikey|sso-key)\s++)?+"
+        + _NOT_HASHED
+        + r"(?P<s>[^\s\"',;]+)",
+        re.IGNORECASE,
+    ),
+    # Cookie: a=b; c=d (the whole header value)
+    re.compile(
+        r"\b(?:set-)?cookie[\"']?+\s*+:\s*+[\"']?+" + _NOT_HASHED + r"(?P<s>[^\r\n\"']+)", re.IGNORECASE
+    ),
+    # X-Hub-Signature: sha1=..., X-Hub-Signature-256: sha256=..., X-Slack-Signature: v0=...
+    re.compile(
+        r"(?<![\w-])[\w-]*?signature(?:-256)?+[\"']?+\s*+[:=]\s*+[\"']?+"
+        + _NOT_HASHED
+        + r"(?P<s>[^\s\"',;]+)",
+        re.IGNORECASE,
+    ),
+    # Bearer xxx anywhere
+    re.compile(r"\bbearer\s++" + _NOT_HASHED + r"(?P<s>[A-Za-z0-9\-._~+/]+=*)", re.IGNORECASE),
+    # key=value, key: value, "key": "value" where the key ends in a secret word (not tokenizer=, token_count=)
+    re.compile(
+        r"(?<![\w.-])[\w.-]*?(?:password|passwd|pwd|passphrase|secret|token|api[_-]?key|access[_-]?key"
+        r"|private[_-]?key)[\"']?+\s*+[:=]\s*+"
+        r"(?:\""
+        + _NOT_HASHED
+        + r"(?P<dq>[^\"]+)\"|'"
+        + _NOT_HASHED
+        + r"(?P<sq>[^']+)'|"
+        + _NOT_HASHED
+        + r"(?!(?:null|true|false)\b)(?P<bare>[^\s&;,\"'<>]+))",
+        re.IGNORECASE,
+    ),
+    # scheme://user:password@host
+    re.compile(
+        r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*+://[^/\s:@]++:" + _NOT_HASHED + r"(?P<s>[^@\s/]+)@", re.IGNORECASE
+    ),
+)
