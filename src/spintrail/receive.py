@@ -146,8 +146,7 @@ async def receive_events(request: Request) -> JSONResponse:
             try:
                 incoming = decode_body(body)
             except DecodeError as exc:
-                reason = "empty_body" if not body.strip() else "invalid_body"
-                raise RequestRejected(400, reason, str(exc)) from None
+                raise RequestRejected(400, exc.reason, str(exc)) from None
             return [ingestor.prepare(e, received_at=received_at, instance=instance) for e in incoming]
 
         prepared = await run_in_threadpool(prepare) if len(body) > _THREAD_THRESHOLD else prepare()
