@@ -249,7 +249,9 @@ class RsyslogServer:
         if not self.output.exists():
             return []
         out = []
-        for line in self.output.read_text(encoding="utf-8").splitlines():
+        text = self.output.read_text(encoding="utf-8")
+        # rsyslog may be half-way through writing the last line: only complete lines count.
+        for line in text[: text.rfind("\n") + 1].splitlines():
             message = json.loads(line)
             if app_name is None or message.get("app-name") == app_name:
                 out.append(message)
