@@ -252,3 +252,40 @@ def test_shared_echo_samples_all_ingest(server: Server, echo_fixtures: Path) -> 
         assert "line" in r.json()["message"]
     with httpx.Client() as c:
         assert c.get(server.url + "/readyz").status_code == 200
+
+
+def test_simulate_posts_to_a_running_server(server: Server) -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spintrail",
+            "simulate",
+            "--url",
+            server.url + "/api/v1/events",
+            "--seed",
+            "3",
+            "--executions",
+            "8",
+            "--days",
+            "1",
+            "--batch-size",
+            "5",
+            "--duplicate-rate",
+            "0.2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    # Every event sent was answered; the resent ones were recognised as duplicates.
+    stored = len(server.get("/api/v1/events?limit=1000").json()["events"])
+    assert stored > 50
+    text = server.get("/metrics").text
+    assert f"spintrail_events_stored_total {float(stored)}" in text
+    dup = [line for line in text.splitlines() if line.startswith("spintrail_events_duplicate_total ")]
+    assert float(dup[0].split()[1]) > 0
