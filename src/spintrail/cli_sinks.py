@@ -3,28 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from spintrail.cli import ConfigOpt, DatabaseOpt, FormatOpt, err, fail, open_store_or_exit, settings_from
-from spintrail.forward import (
-    DEAD_LETTER_COLUMNS,
-    SINK_COLUMNS,
-    ReplayResult,
-    dead_letter_rows,
-    find_sink,
-    replay,
-    retry_dead_letters,
-    sink_rows,
-)
-from spintrail.outbox import Outbox, open_outbox
 from spintrail.output import Format, emit
 from spintrail.query import FilterError, Filters
 from spintrail.settings import Settings
 from spintrail.sinks import SinkConfig
 from spintrail.store import Store, StoreError
+
+if TYPE_CHECKING:
+    from spintrail.forward import ReplayResult
+    from spintrail.outbox import Outbox
 
 sinks_app = typer.Typer(
     help="Forwarding sinks: with no sub-command, list each sink's state, backlog, delivered count, "
@@ -38,6 +31,8 @@ TABLE_COLUMNS = ("name", "kind", "state", "backlog", "delivered", "dead_letters"
 
 
 def _outbox(settings: Settings) -> Outbox:
+    from spintrail.outbox import open_outbox
+
     try:
         return open_outbox(settings.database)
     except FileNotFoundError as exc:
@@ -47,6 +42,8 @@ def _outbox(settings: Settings) -> Outbox:
 
 
 def _sink(settings: Settings, name: str) -> SinkConfig:
+    from spintrail.forward import find_sink
+
     try:
         return find_sink(settings, name)
     except KeyError as exc:
@@ -64,6 +61,8 @@ def sinks_list(
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"database": database, "config": config}
         return
+    from spintrail.forward import SINK_COLUMNS, sink_rows
+
     settings = settings_from(config, database=database)
     if not settings.sinks:
         err.print("no sinks configured: add [[sinks]] tables to the config file (see docs/forwarding.md)")
@@ -91,6 +90,10 @@ def sinks_replay(
     until: Annotated[
         str | None, typer.Option(help="End of the range: events before this time (default: now).")
     ] = None,
+    retries: Annotated[
+        int,
+        typer.Option(min=0, help="Tries again this many times (1 s, 2 s, 4 s ...) while the sink is down."),
+    ] = 5,
     database: DatabaseOpt = None,
     config: ConfigOpt = None,
     format: FormatOpt = Format.table,
@@ -99,6 +102,8 @@ def sinks_replay(
 
     Receivers deduplicate by event id; the sink's cursor and dead letters stay as they are.
     """
+    from spintrail.forward import replay
+
     settings = _settings(ctx, database, config)
     config_ = _sink(settings, sink)
     try:
@@ -117,7 +122,9 @@ def sinks_replay(
         ) as progress:
             task = progress.add_task("replay", total=len(ids))
             try:
-                result = replay(store, config_, ids, progress=lambda n: progress.advance(task, n))
+                result = replay(
+                    store, config_, ids, retries=retries, progress=lambda n: progress.advance(task, n)
+                )
             except ValueError as exc:
                 raise fail(f"sink {sink!r} cannot be used: {exc}") from None
     except StoreError as exc:
@@ -172,6 +179,8 @@ def sinks_dead_letters(
     format: FormatOpt = Format.table,
 ) -> None:
     """List the events a sink refused, with the sink's reason (or send them again with --retry)."""
+    from spintrail.forward import DEAD_LETTER_COLUMNS, dead_letter_rows, retry_dead_letters
+
     settings = _settings(ctx, database, config)
     config_ = _sink(settings, sink)
     store = open_store_or_exit(settings)

@@ -416,7 +416,8 @@ CREATE TABLE IF NOT EXISTS sink_outbox_head (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     seq BIGINT NOT NULL
 );
-INSERT INTO sink_outbox_head(id, seq) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
+INSERT INTO sink_outbox_head(id, seq)
+    SELECT 1, 0 WHERE NOT EXISTS (SELECT 1 FROM sink_outbox_head);
 CREATE TABLE IF NOT EXISTS sink_outbox (
     seq BIGINT PRIMARY KEY,
     event_row BIGINT NOT NULL
