@@ -442,3 +442,12 @@ def test_duplicate_sink_names_are_refused(tmp_path: Path) -> None:
     sinks = json.dumps([{"name": "a", "kind": "webhook", "url": "http://x/y"}] * 2)
     result = run("sinks", "--database", str(tmp_path / "x.db"), env={"SPINTRAIL_SINKS": sinks})
     assert result.returncode == 1 and "two sinks are named 'a'" in result.stderr
+
+
+def test_every_sink_option_is_documented() -> None:
+    from spintrail.sinks import HecSinkConfig, SyslogSinkConfig, WebhookSinkConfig
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "forwarding.md").read_text()
+    for model in (HecSinkConfig, SyslogSinkConfig, WebhookSinkConfig):
+        for name in model.model_fields:
+            assert f"| `{name}` |" in text, f"{model.__name__}.{name} is not in docs/forwarding.md"

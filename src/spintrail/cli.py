@@ -207,8 +207,10 @@ def _ingest_events(
 
     When the events iterator raises, what was read before is still stored and counted in ``counts``.
     """
+    from spintrail.forward import attach_outbox
     from spintrail.ingest import Ingestor
 
+    attach_outbox(settings, store)
     ingestor = Ingestor(settings, store)
     counts = counts if counts is not None else Counts()
     batch: list[PreparedEvent] = []

@@ -451,6 +451,20 @@ class Forwarder:
         return sink_rows(self.settings.sinks, self.outbox)
 
 
+def attach_outbox(settings: Settings, store: Store) -> None:
+    """Make a store opened outside the server (``spintrail import``) record outbox positions too.
+
+    Only PostgreSQL needs it (SQLite positions are the event ids), and only when sinks are configured.
+    """
+    if not settings.sinks or store.backend == "sqlite":
+        return
+    outbox = open_outbox(settings.database)
+    try:
+        outbox.attach(store)
+    finally:
+        outbox.close()
+
+
 def start_forwarding(settings: Settings, store: Store, registry: CollectorRegistry) -> Forwarder | None:
     """Start forwarding when sinks are configured: workers run, and every commit wakes them."""
     if not settings.sinks:
