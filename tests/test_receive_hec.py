@@ -218,6 +218,27 @@ def test_second_configured_token_works(hec_server: Server) -> None:
     assert r.json() == {"text": "Success", "code": 0}
 
 
+def test_basic_auth_with_the_token_as_password(hec_server: Server) -> None:
+    # echo's username/password options send Basic auth; HEC takes the token as the password
+    event = echo_event(61)
+    r = httpx.post(
+        hec_server.url + "/services/collector/event",
+        content=compact({"event": event}),
+        auth=("echo", TOKEN),
+        timeout=10,
+    )
+    assert r.json() == {"text": "Success", "code": 0}
+    r = httpx.post(
+        hec_server.url + "/services/collector/event",
+        content=compact({"event": echo_event(62)}),
+        auth=("echo", "wrong"),
+        timeout=10,
+    )
+    assert r.status_code == 403 and r.json()["code"] == 4
+    r = post(hec_server, compact({"event": echo_event(63)}), Authorization="Basic !!notbase64")
+    assert r.status_code == 401 and r.json()["code"] == 3
+
+
 @pytest.mark.parametrize(
     ("body", "code", "number", "detail"),
     [

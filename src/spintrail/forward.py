@@ -199,27 +199,33 @@ class SinkWorker(threading.Thread):
         self.wake.set()
 
     def run(self) -> None:
-        try:
-            self.outbox = self._open_outbox()
-            self.outbox.ensure(self.name_, self.config.start)
-        except Exception as exc:
-            log.error("sink %s: cannot open the outbox: %s", self.name_, exc)
-            return
         while not self.stopping.is_set():
             try:
+                if self.outbox is None:
+                    self.outbox = self._open_outbox()
+                    self.outbox.ensure(self.name_, self.config.start)
                 self._round()
-            except Exception as exc:  # a bug or the store being away must not kill delivery for good
+            except Exception as exc:  # a bug or the database being away must not stop delivery for good
                 log.exception("sink %s: delivery round failed", self.name_)
                 self._count_failure("internal")
                 self._note_error("internal", f"internal error: {exc}")
+                self._reconnect()
                 self._backoff()
         try:
-            self.outbox.release(self.name_, self.owner)
+            if self.outbox is not None:
+                self.outbox.release(self.name_, self.owner)
         except Exception as exc:
             log.warning("sink %s: could not release the lease: %s", self.name_, exc)
         finally:
-            self.outbox.close()
+            if self.outbox is not None:
+                self.outbox.close()
             self.sink.close()
+
+    def _reconnect(self) -> None:
+        """Drop the outbox connection after an error; the next round opens a new one."""
+        if self.outbox is not None:
+            self.outbox.close()
+            self.outbox = None
 
     # -- one round -------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ checked and otherwise ignored (the event's own ``details.created`` is its time).
 taken from the ``X-Spinnaker-Instance`` header or ``?instance=``, else the indexed field
 ``fields.spinnaker_instance`` (or ``fields.instance``), else the template's ``instance`` field.
 
+Authentication: ``Authorization: Splunk <token>``, or Basic auth with the token as the password.
 Errors answer with Splunk's codes: 2 token required and 3 invalid authorization (401), 4 invalid token
 (403), 5 no data, 6 invalid data format with ``invalid-event-number``, 12 event field required, 13 event
 field blank, 15 bad indexed fields (400), 9 server busy (503, the store cannot take the events now;
@@ -23,6 +24,8 @@ answers code 14 (ACK is disabled): an answer here already means committed.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import time
@@ -57,6 +60,21 @@ def hec_answer(error: HecError, headers: dict[str, str] | None = None) -> JSONRe
     if error.detail:
         body["detail"] = error.detail
     return JSONResponse(body, status_code=error.status, headers=headers)
+
+
+def authorization(header: str | None) -> str | None:
+    """The ``Authorization`` header as ``Splunk <token>``: HEC also takes Basic auth with the token as the
+    password (any user name), which is what echo's ``username``/``password`` options send."""
+    if header is None:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "basic" or not value.strip():
+        return header
+    try:
+        _, sep, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return "Basic"  # not a valid Basic credential: answered as invalid authorization
+    return f"Splunk {password}" if sep and password else "Basic"
 
 
 def _skip(text: str, pos: int) -> int:
@@ -139,7 +157,7 @@ async def receive_hec(request: Request) -> JSONResponse:
     settings = request.app.state.settings
     ingestor: Ingestor = request.app.state.ingestor
     try:
-        check_token(request.headers.get("authorization"), settings.hec_tokens)
+        check_token(authorization(request.headers.get("authorization")), settings.hec_tokens)
         try:
             body = await read_body(request, settings.max_body_bytes)
         except RequestRejected as exc:
@@ -210,7 +228,7 @@ async def hec_ack(request: Request) -> JSONResponse:
     """Indexer acknowledgement is not needed: a Success answer is sent only once the events are committed."""
     settings = request.app.state.settings
     try:
-        check_token(request.headers.get("authorization"), settings.hec_tokens)
+        check_token(authorization(request.headers.get("authorization")), settings.hec_tokens)
     except HecError as exc:
         return hec_answer(exc)
     return hec_answer(
