@@ -37,6 +37,7 @@ class SeenRequest:
     body: bytes  # as received (still compressed if it was)
     status: int
     answer: dict[str, Any]
+    at: float = field(default_factory=time.monotonic)  # when it was answered
 
 
 @dataclass
@@ -56,8 +57,10 @@ class SplunkStandin:
         ack: bool = False,
         ack_after: int = 0,
         tls: tuple[Path, Path] | None = None,
+        max_body: int | None = None,
     ) -> None:
         self.tokens = set(tokens)
+        self.max_body = max_body  # larger (uncompressed) bodies get a bare 413, like a size-limited proxy
         self.indexes = indexes
         self.ack = ack
         self.ack_after = ack_after  # how many ack queries answer false before an ackId reads true
@@ -134,7 +137,10 @@ class SplunkStandin:
                 raise HecError(code, 0 if code in (6, 7, 12, 13, 15) else None)
             if self.ack:
                 self._check_channel(channel)
-            events = parse_hec_events(_decode(headers, body))
+            plain = _decode(headers, body)
+            if self.max_body is not None and len(plain) > self.max_body:
+                return 413, {}
+            events = parse_hec_events(plain)
             for number, event in enumerate(events):
                 if self.indexes is not None and event.get("index", "main") not in self.indexes:
                     raise HecError(7, number)

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from spintrail import __version__, api, receive
+from spintrail import __version__, api, forward, forward_api, receive, receive_hec
 from spintrail.ingest import Ingestor
 from spintrail.metrics import Metrics
 from spintrail.settings import Settings
@@ -32,9 +32,13 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.state.store.commit_observer = metrics.observe_commit
         app.state.ingestor = Ingestor(settings, app.state.store)
         log.info("spintrail %s: store %s ready", __version__, app.state.store.backend)
+        receive_hec.warn_if_open(settings.hec_tokens)
+        app.state.forwarder = forward.start_forwarding(settings, app.state.store, metrics.registry)
         try:
             yield
         finally:
+            if app.state.forwarder is not None:
+                app.state.forwarder.stop()
             if own:
                 app.state.store.close()
 
@@ -51,4 +55,6 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.state.ingestor = Ingestor(settings, store)
     app.include_router(receive.router)
     app.include_router(api.router)
+    app.include_router(receive_hec.router)
+    app.include_router(forward_api.router)
     return app

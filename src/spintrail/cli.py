@@ -147,6 +147,7 @@ def serve(
     if demo:
         err.print(f"demo: filling {settings.database} with simulated history ...")
         load_demo(settings)
+    check_sinks(settings)
     store = open_store_or_exit(settings)
     err.print(
         f"spintrail {__version__} listening on http://{settings.host}:{settings.port} "
@@ -206,8 +207,10 @@ def _ingest_events(
 
     When the events iterator raises, what was read before is still stored and counted in ``counts``.
     """
+    from spintrail.forward import attach_outbox
     from spintrail.ingest import Ingestor
 
+    attach_outbox(settings, store)
     ingestor = Ingestor(settings, store)
     counts = counts if counts is not None else Counts()
     batch: list[PreparedEvent] = []
@@ -434,6 +437,22 @@ def simulate(
         raise typer.Exit(1)
 
 
+def check_sinks(settings: Settings) -> None:
+    """Exit with a clear message when a configured sink cannot be used (a missing CA file, say)."""
+    from spintrail.sinks import build_sink
+
+    for config in settings.sinks:
+        try:
+            build_sink(config).close()
+        except (ValueError, OSError) as exc:
+            raise fail(f"sink {config.name!r} cannot be used: {exc}; fix it in the config file") from None
+
+
 def main() -> None:
     """Entry point of the ``spintrail`` command."""
     app()
+
+
+from spintrail.cli_sinks import sinks_app  # noqa: E402 - it builds on the helpers above
+
+app.add_typer(sinks_app, name="sinks")

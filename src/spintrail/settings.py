@@ -11,10 +11,12 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+from spintrail.sinks import SinkConfig
 
 ENV_PREFIX = "SPINTRAIL_"
 
@@ -59,6 +61,45 @@ class Settings(BaseSettings):
         "with Retry-After so echo retries later.",
     )
     log_level: str = Field("info", description="Log level: debug, info, warning or error.")
+    hec_tokens: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Tokens accepted by the Splunk-compatible endpoint (`/services/collector/event`) in "
+        "`Authorization: Splunk <token>`; comma separated in the environment. With none, requests are "
+        "accepted with or without a token (for trying it out).",
+    )
+    sinks: list[SinkConfig] = Field(
+        [],
+        description="Where stored records are forwarded: `[[sinks]]` tables in the config file, or a JSON "
+        "array in the environment; each has `name`, `kind` (`splunk_hec`, `syslog`, `webhook`), `payload` "
+        "(`record`, `event`, `both`) and the kind's options. See docs/forwarding.md.",
+    )
+    forward_batch_max: int = Field(
+        500, ge=1, description="Most events a sink worker reads from the outbox and sends in one round."
+    )
+    forward_poll_interval: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds an idle sink worker waits before looking for events written by other "
+        "processes (events this process stores wake it at once).",
+    )
+    forward_retry_initial: float = Field(
+        1.0, gt=0, description="Seconds before the first retry of a sink that is down; doubles each time."
+    )
+    forward_retry_max: float = Field(
+        60.0, gt=0, description="Longest wait between retries of a sink that is down (jitter is added)."
+    )
+    forward_auth_pause: float = Field(
+        300.0,
+        ge=0,
+        description="Seconds a sink stays paused after its credentials, index or certificate were refused; "
+        "0 keeps it paused until `spintrail sinks resume NAME`.",
+    )
+    forward_lease_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="How long a replica owns a sink's delivery without renewing; another replica takes "
+        "over a sink whose owner stopped renewing.",
+    )
 
     @field_validator("ticket_pattern")
     @classmethod
@@ -67,6 +108,39 @@ class Settings(BaseSettings):
             re.compile(value)
         except re.error as exc:
             raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return value
+
+    @field_validator("hec_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple):
+            items = [t.strip() if isinstance(t, str) else t for t in value]
+            return [t for t in items if t not in ("", None)]
+        return value
+
+    @field_validator("sinks", mode="before")
+    @classmethod
+    def _sink_options(cls, value: Any) -> Any:
+        """Accept a sink's options inline or in an ``options`` sub-table (``[sinks.options]``)."""
+        if not isinstance(value, list):
+            return value
+        out = []
+        for item in value:
+            if isinstance(item, dict) and isinstance(item.get("options"), dict):
+                item = {**{k: v for k, v in item.items() if k != "options"}, **item["options"]}
+            out.append(item)
+        return out
+
+    @field_validator("sinks")
+    @classmethod
+    def _unique_sink_names(cls, value: list[Any]) -> list[Any]:
+        seen: set[str] = set()
+        for sink in value:
+            if sink.name in seen:
+                raise ValueError(f"two sinks are named {sink.name!r}: give each sink its own name")
+            seen.add(sink.name)
         return value
 
     @classmethod

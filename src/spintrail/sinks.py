@@ -96,6 +96,10 @@ class _SinkConfig(BaseModel):
 
     name: str = Field(pattern=_NAME_PATTERN, description="Unique sink name (letters, digits, `_.-`).")
     payload: PayloadKind = Field("record", description="What is sent: record, event or both.")
+    start: Literal["now", "beginning"] = Field(
+        "now",
+        description="Where a new sink starts: events stored from now on, or every event already stored.",
+    )
 
 
 def _check_http_url(value: str) -> str:
