@@ -205,6 +205,8 @@ def sqlite_blob(conn: Any, blob_id: int, cache: dict[int, bytes]) -> bytes | Non
         codec, data, size, base_id = row
         chain.append((next_id, codec, data, size))
         next_id = base_id if codec == blobs.CODEC_ZSTD_DELTA else None
+        if len(chain) > 2 * blobs.MAX_CHAIN + 2:
+            return None  # a broken (cyclic) chain
     out = cache[next_id] if next_id is not None else None
     for bid, codec, data, size in reversed(chain):
         out = blobs.decompress(codec, data, size, out)
@@ -216,6 +218,14 @@ _RECORD_COLUMNS = ("id", "event_id", "received_at", "time", *TEXT_FIELDS, *LIST_
 
 
 # -- SQLite -------------------------------------------------------------------------------------------
+
+#: The event with the highest id, and the one owning the highest raw blob id, stay until newer ones arrive:
+#: SQLite gives a new row the highest id + 1, so removing them would hand their ids to new rows (a link to a
+#: removed event would show another one; a writer's cached delta base would change under it). Ids are
+#: never reused.
+_NOT_NEWEST = (
+    " AND id < (SELECT max(id) FROM events) AND (raw_id IS NULL OR raw_id < (SELECT max(id) FROM raw))"
+)
 
 
 class _SqliteRetention:
@@ -240,7 +250,7 @@ class _SqliteRetention:
                 cond, args = class_condition(cls)
                 if self.report.dry_run:
                     n = conn.execute(
-                        f"SELECT count(*) FROM events WHERE time < ? AND {cond}", [cutoff, *args]
+                        f"SELECT count(*) FROM events WHERE time < ? AND {cond}{_NOT_NEWEST}", [cutoff, *args]
                     ).fetchone()[0]
                     self.report.events[cls] = n
                     continue
@@ -259,7 +269,8 @@ class _SqliteRetention:
         conn.execute("BEGIN IMMEDIATE")
         try:
             rows = conn.execute(
-                f"SELECT {cols}, raw_id FROM events WHERE time < ? AND {cond} ORDER BY time, id LIMIT ?",
+                f"SELECT {cols}, raw_id FROM events WHERE time < ? AND {cond}{_NOT_NEWEST}"
+                " ORDER BY time, id LIMIT ?",
                 [cutoff, *args, self.batch],
             ).fetchall()
             if not rows:
@@ -311,10 +322,13 @@ class _SqliteRetention:
         execution (that is what a delta chain is), so "is an event still using it" is an indexed lookup.
         """
         removed = 0
+        newest = conn.execute("SELECT max(id) FROM raw").fetchone()[0]
         frontier = {bid: (exe, True) for bid, exe in first.items()}
         while frontier:
             nxt: dict[int, tuple[str | None, bool]] = {}
             for bid, (exe, own_event_gone) in frontier.items():
+                if bid == newest:
+                    continue  # kept so that its id is never handed to a new blob (see _delete_batch)
                 if conn.execute("SELECT 1 FROM raw WHERE base_id = ? LIMIT 1", (bid,)).fetchone():
                     continue  # the base of a surviving blob: it goes with its last dependent
                 if not own_event_gone and (
@@ -585,7 +599,7 @@ def start_background(settings: Any, store: Store) -> Callable[[], None]:
     policy = Policy.from_settings(settings)
 
     def loop() -> None:
-        delay = 60.0  # let the server settle first
+        delay = min(60.0, hours * 3600)  # let the server settle first
         while not stop.wait(delay):
             delay = hours * 3600
             try:

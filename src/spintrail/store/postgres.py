@@ -867,10 +867,16 @@ class PostgresStore(Store):
                 UNION ALL
                 SELECT r.id, r.codec, r.data, r.size, r.base_id, c.depth + 1 FROM chain c
                   JOIN raw r ON r.id = c.base_id AND r.time >= %(lo)s AND r.time < %(hi)s
-                 WHERE c.codec = %(delta)s
+                 WHERE c.codec = %(delta)s AND c.depth < %(longest)s
             )
             SELECT codec, data, size, base_id FROM chain ORDER BY depth DESC"""
-        params = {"id": blob_id, "lo": lo, "hi": hi, "delta": blobs.CODEC_ZSTD_DELTA}
+        params = {
+            "id": blob_id,
+            "lo": lo,
+            "hi": hi,
+            "delta": blobs.CODEC_ZSTD_DELTA,
+            "longest": 2 * blobs.MAX_CHAIN + 2,
+        }
         rows = conn.execute(query, params).fetchall() if conn is not None else self._read(query, params)
         if not rows or (rows[0][0] == blobs.CODEC_ZSTD_DELTA):
             raise StoreUnavailable(f"raw blob {blob_id} (or a base of it) is missing")

@@ -402,6 +402,8 @@ class SqliteStore(Store):
             codec, data, size, base_id = rows[0]
             chain.append((codec, data, size))
             next_id = base_id if codec == blobs.CODEC_ZSTD_DELTA else None
+            if len(chain) > 2 * blobs.MAX_CHAIN + 2:
+                raise StoreUnavailable(f"raw blob {blob_id} has a broken delta chain")
         out: bytes | None = None
         for codec, data, size in reversed(chain):
             out = blobs.decompress(codec, data, size, out)
