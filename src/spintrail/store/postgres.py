@@ -70,6 +70,8 @@ PARTITION_PAST_YEARS = 15
 PARTITIONS_AHEAD = 2
 _INT64 = (-(2**63), 2**63 - 1)
 _BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
+#: Failures worth one more try of the whole group (a deadlock, a serialization failure, a lock timeout).
+_RETRYABLE = (pg_errors.TransactionRollback, pg_errors.DeadlockDetected, pg_errors.LockNotAvailable)
 
 #: Versioned schema migrations of the ``events`` component, applied in order and recorded in
 #: ``schema_migrations`` (shared with the other components' migrations).
@@ -491,9 +493,7 @@ class PostgresStore(Store):
             else:
                 with contextlib.suppress(psycopg.Error):
                     conn.rollback()
-            retry_all = broken or isinstance(
-                exc, pg_errors.TransactionRollbackError | pg_errors.LockNotAvailable
-            )
+            retry_all = broken or isinstance(exc, _RETRYABLE)
             if retry_all and attempt == 0:
                 log.warning("postgresql: group commit failed (%s); retrying once", str(exc).strip())
                 self._commit(jobs, attempt=1)
