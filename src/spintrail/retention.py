@@ -563,7 +563,8 @@ class _PostgresRetention:
             conn.execute(
                 "SELECT r.id FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],"
                 " %s::bigint[]) AS u(id, lo, hi, mlo, mhi)"
-                " JOIN raw r ON r.id = u.id AND r.time >= u.lo AND r.time < u.hi FOR UPDATE OF r",
+                " JOIN raw r ON r.id = u.id AND r.time >= u.lo AND r.time < u.hi"
+                " ORDER BY r.id FOR UPDATE OF r",
                 params,
             ).fetchall()
             rows = conn.execute(

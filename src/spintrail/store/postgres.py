@@ -543,8 +543,9 @@ class PostgresStore(Store):
             claimed = {
                 r[0]
                 for r in conn.execute(
+                    # Claimed in event id order: replicas claiming overlapping sets never deadlock.
                     "INSERT INTO event_ids(event_id, id, time)"
-                    " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[])"
+                    " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) AS u(e, i, t) ORDER BY e"
                     " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
                     (
                         [e for e, _ in candidates],
@@ -668,7 +669,8 @@ class PostgresStore(Store):
             r[0]
             for r in conn.execute(
                 "SELECT r.id FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS u(id, lo, hi)"
-                " JOIN raw r ON r.id = u.id AND r.time >= u.lo AND r.time < u.hi FOR KEY SHARE OF r",
+                " JOIN raw r ON r.id = u.id AND r.time >= u.lo AND r.time < u.hi ORDER BY r.id"
+                " FOR KEY SHARE OF r",
                 (ids, [wanted[i].lo for i in ids], [wanted[i].hi for i in ids]),
             ).fetchall()
         }
