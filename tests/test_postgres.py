@@ -20,7 +20,7 @@ import pytest
 from conftest import PG_URL, Server, make_record, require_pg
 from echo_gen import DAY, ingest, pipeline_run
 from spintrail.query import Filters
-from spintrail.store import PreparedEvent, StoreUnavailable, open_store
+from spintrail.store import PreparedEvent, StoreOverloaded, StoreUnavailable, open_store
 from spintrail.store.base import Written
 from spintrail.store.postgres import PostgresStore, month_of, months_ahead
 from test_receive import event
@@ -436,3 +436,50 @@ def test_pg_url_helper_isolates_tests(pg_url: str) -> None:
     assert schema is not None and schema[0].startswith("t_")
     with psycopg.connect(PG_URL) as conn:
         assert conn.execute("SELECT current_schema()").fetchone() == ("public",)
+
+
+def test_full_write_queue_is_refused_at_once(pg_url: str) -> None:
+    store = PostgresStore(pg_url, queue_max=5)
+    blocker = psycopg.connect(pg_url)
+    try:
+        store.append([prepared(1)])
+        blocker.execute("LOCK TABLE event_ids IN EXCLUSIVE MODE")  # the writer now waits for this lock
+        waiting = store.submit([prepared(n) for n in range(2, 6)])
+        deadline = time.monotonic() + 10
+        while store.pending < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(StoreOverloaded, match="waiting"):
+            store.submit([prepared(10), prepared(11)])
+        blocker.rollback()
+        assert [r.duplicate for r in waiting.result(timeout=30)] == [False] * 4
+        assert store.pending == 0
+    finally:
+        blocker.close()
+        store.close()
+
+
+def test_ci_fails_instead_of_skipping_when_postgresql_is_missing(tmp_path: Path) -> None:
+    import sys
+
+    test = "tests/test_postgres.py::test_pg_url_helper_isolates_tests"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "SPINTRAIL_TEST_POSTGRES": "postgresql://nobody@127.0.0.1:1/none"}
+    env.pop("CI", None)
+    skipped = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert skipped.returncode == 0 and "1 skipped" in skipped.stdout, skipped.stdout
+    failed = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+        cwd=root,
+        env={**env, "CI": "true"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert failed.returncode == 1 and "CI must run the PostgreSQL tests" in failed.stdout, failed.stdout

@@ -107,6 +107,12 @@ def test_removes_each_class_at_its_age_and_keeps_the_rest(store: Store) -> None:
     assert second.events["task"] == 1 and second.total == 1
     if store.backend == "sqlite":
         assert stale_fts_rows(store) == 0
+        conn = store.connect()  # type: ignore[attr-defined]
+        try:
+            orphans = "SELECT count(*) FROM event_tags WHERE event_row NOT IN (SELECT id FROM events)"
+            assert conn.execute(orphans).fetchone()[0] == 0
+        finally:
+            conn.close()
 
 
 def test_zero_days_keeps_forever_and_dry_run_removes_nothing(store: Store) -> None:
