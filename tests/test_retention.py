@@ -273,8 +273,9 @@ def test_retention_command_on_both_backends(tmp_path: Path, pg_url: str) -> None
         assert real.returncode == 0, real.stderr
         assert real.stdout.splitlines()[0] == ",".join(retention.REPORT_COLUMNS)
         assert "stage,100," in real.stdout and ",4," in real.stdout
-        table = run("retention", "--database", db)
-        assert table.returncode == 0 and "total" in table.stdout
+        if "://" not in db:
+            table = run("retention", "--database", db)
+            assert table.returncode == 0 and "total" in table.stdout
     bad = run("retention", "--database", str(tmp_path / "nope" / "x.db"))
     assert bad.returncode == 1 and "does not exist" in bad.stderr
 
