@@ -9,8 +9,10 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +24,80 @@ from spintrail.store.sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = ROOT.parent / "shared" / "fixtures" / "echo"
+#: The PostgreSQL the tests use (trust auth); each test gets a schema of its own there.
+PG_URL = os.environ.get("SPINTRAIL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+#: ``SPINTRAIL_TEST_BACKEND=postgres`` runs the server tests (``server``/``server_factory``) on PostgreSQL.
+TEST_BACKEND = os.environ.get("SPINTRAIL_TEST_BACKEND", "sqlite")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     return [
         f"sqlite: {sqlite3.sqlite_version}",
         f"shared fixtures: {SHARED_FIXTURES if SHARED_FIXTURES.is_dir() else 'absent'}",
+        f"postgresql: {pg_problem() or PG_URL}; server tests on {TEST_BACKEND}",
     ]
+
+
+_pg_checked: list[str | None] = []
+
+
+def pg_problem() -> str | None:
+    """Why the test PostgreSQL cannot be used, or ``None`` when it answers (checked once per run)."""
+    if not _pg_checked:
+        import psycopg
+
+        try:
+            with psycopg.connect(PG_URL, connect_timeout=3) as conn:
+                conn.execute("SELECT 1")
+            _pg_checked.append(None)
+        except psycopg.Error as exc:
+            _pg_checked.append(f"PostgreSQL at {PG_URL} is not reachable ({str(exc).strip()})")
+    return _pg_checked[0]
+
+
+def require_pg() -> None:
+    """Skip the test when PostgreSQL is not reachable, except under CI (``CI`` set), where it fails."""
+    problem = pg_problem()
+    if problem is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{problem}; CI must run the PostgreSQL tests (start it: bash scripts/test)")
+    pytest.skip(f"{problem}: start it (bash scripts/test does) or set SPINTRAIL_TEST_POSTGRES")
+
+
+def url_with_schema(url: str, schema: str) -> str:
+    """The URL with ``search_path`` set to ``schema`` (libpq ``options``)."""
+    return url + ("&" if "?" in url else "?") + f"options=-csearch_path%3D{schema}"
+
+
+def new_pg_schema() -> tuple[str, Callable[[], None]]:
+    """A fresh empty schema: (URL selecting it, function dropping it)."""
+    import psycopg
+
+    require_pg()
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+
+    def drop() -> None:
+        for _ in range(50):  # PostgreSQL may be restarting (the restart test)
+            try:
+                with psycopg.connect(PG_URL, autocommit=True, connect_timeout=3) as conn:
+                    conn.execute("SET lock_timeout = '10s'")
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+                return
+            except psycopg.Error:
+                time.sleep(0.2)
+
+    return url_with_schema(PG_URL, schema), drop
+
+
+@pytest.fixture()
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL selecting a fresh schema of its own, dropped after the test."""
+    url, drop = new_pg_schema()
+    yield url
+    drop()
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +128,11 @@ class Server:
         self.env = {**os.environ, "SPINTRAIL_LOG_LEVEL": "warning", **(env or {})}
         self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = Path(database + f".{self.port}.log") if "://" not in database else None
+        self.log_path = (
+            Path(database + f".{self.port}.log")
+            if "://" not in database
+            else Path(tempfile.gettempdir()) / f"spintrail-test-server.{self.port}.log"
+        )
 
     def start(self, timeout: float = 20.0) -> Server:
         cmd = [
@@ -125,8 +198,12 @@ class Server:
 @pytest.fixture()
 def server_factory(tmp_path: Path) -> Iterator[Any]:
     servers: list[Server] = []
+    drops: list[Callable[[], None]] = []
 
     def make(database: str | None = None, **kwargs: Any) -> Server:
+        if database is None and TEST_BACKEND == "postgres":
+            database, drop = new_pg_schema()
+            drops.append(drop)
         s = Server(database or str(tmp_path / "spintrail.db"), **kwargs)
         servers.append(s)
         return s.start()
@@ -134,11 +211,13 @@ def server_factory(tmp_path: Path) -> Iterator[Any]:
     yield make
     for s in servers:
         s.stop()
+    for drop in drops:
+        drop()
 
 
 @pytest.fixture()
 def server(server_factory: Any) -> Server:
-    """A fresh server on an empty SQLite file."""
+    """A fresh server on an empty store (SQLite; PostgreSQL with SPINTRAIL_TEST_BACKEND=postgres)."""
     return server_factory()  # type: ignore[no-any-return]
 
 
@@ -164,7 +243,7 @@ def make_record(n: int, **fields: Any) -> AuditRecord:
     return AuditRecord(**base)
 
 
-STORE_BACKENDS = ["sqlite"]
+STORE_BACKENDS = ["sqlite", "postgres"]
 
 
 @pytest.fixture(params=STORE_BACKENDS)
@@ -172,9 +251,15 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     """Each store backend, empty (the store contract tests run once per backend)."""
     from spintrail.store import open_store
 
+    drop: Callable[[], None] | None = None
     if request.param == "sqlite":
         s = open_store(str(tmp_path / "contract.db"))
+    elif request.param == "postgres":
+        url, drop = new_pg_schema()
+        s = open_store(url)
     else:  # pragma: no cover - other backends register themselves here
         raise AssertionError(request.param)
     yield s
     s.close()
+    if drop is not None:
+        drop()

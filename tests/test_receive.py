@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import Server
+from conftest import TEST_BACKEND, Server
 
 
 def event(n: int = 0, **content: Any) -> dict[str, Any]:
@@ -228,7 +228,8 @@ def test_metrics_count_what_happened(server: Server) -> None:
 
 def test_health_readiness_and_openapi(server: Server) -> None:
     assert server.get("/healthz").json() == {"status": "ok"}
-    assert server.get("/readyz").json() == {"status": "ready", "store": "sqlite"}
+    backend = "postgresql" if TEST_BACKEND == "postgres" else "sqlite"
+    assert server.get("/readyz").json() == {"status": "ready", "store": backend}
     spec = server.get("/openapi.json").json()
     assert "/api/v1/events" in spec["paths"]
     params = {p["name"] for p in spec["paths"]["/api/v1/events"]["get"]["parameters"]}

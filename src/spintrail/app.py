@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from spintrail import __version__, api, forward, forward_api, receive, receive_hec
+from spintrail import __version__, api, forward, forward_api, receive, receive_hec, retention
 from spintrail.ingest import Ingestor
 from spintrail.metrics import Metrics
 from spintrail.settings import Settings
@@ -27,16 +27,21 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         own = app.state.store is None
         if own:
             app.state.store = open_store(
-                settings.database, batch_max=settings.commit_batch_max, queue_max=settings.write_queue_max
+                settings.database,
+                batch_max=settings.commit_batch_max,
+                queue_max=settings.write_queue_max,
+                pool_size=settings.postgres_pool_size,
             )
         app.state.store.commit_observer = metrics.observe_commit
         app.state.ingestor = Ingestor(settings, app.state.store)
         log.info("spintrail %s: store %s ready", __version__, app.state.store.backend)
         receive_hec.warn_if_open(settings.hec_tokens)
         app.state.forwarder = forward.start_forwarding(settings, app.state.store, metrics.registry)
+        stop_retention = retention.start_background(settings, app.state.store)
         try:
             yield
         finally:
+            stop_retention()
             if app.state.forwarder is not None:
                 app.state.forwarder.stop()
             if own:

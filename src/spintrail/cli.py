@@ -69,7 +69,10 @@ def settings_from(config: Path | None = None, **overrides: Any) -> Settings:
 def open_store_or_exit(settings: Settings) -> Store:
     try:
         return open_store(
-            settings.database, batch_max=settings.commit_batch_max, queue_max=settings.write_queue_max
+            settings.database,
+            batch_max=settings.commit_batch_max,
+            queue_max=settings.write_queue_max,
+            pool_size=settings.postgres_pool_size,
         )
     except StoreError as exc:
         raise fail(f"{exc}") from None
@@ -446,6 +449,110 @@ def check_sinks(settings: Settings) -> None:
             build_sink(config).close()
         except (ValueError, OSError) as exc:
             raise fail(f"sink {config.name!r} cannot be used: {exc}; fix it in the config file") from None
+
+
+@app.command()
+def retention(
+    database: DatabaseOpt = None,
+    config: ConfigOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count what would be removed; remove nothing.")
+    ] = False,
+    task_days: Annotated[
+        int | None, typer.Option(help="Days task events are kept (default: retention_task_days, 90).")
+    ] = None,
+    stage_days: Annotated[
+        int | None, typer.Option(help="Days stage events are kept (default: retention_stage_days, 365).")
+    ] = None,
+    pipeline_days: Annotated[
+        int | None,
+        typer.Option(help="Days pipeline and orchestration events are kept (default 2555, 7 years)."),
+    ] = None,
+    other_days: Annotated[
+        int | None, typer.Option(help="Days every other event is kept (default: retention_other_days, 365).")
+    ] = None,
+    format: FormatOpt = Format.table,
+) -> None:
+    """Remove events older than their class is kept (0 days keeps forever) and report what was removed."""
+    from spintrail import retention as ret
+
+    settings = settings_from(
+        config,
+        database=database,
+        retention_task_days=task_days,
+        retention_stage_days=stage_days,
+        retention_pipeline_days=pipeline_days,
+        retention_other_days=other_days,
+    )
+    store = open_store_or_exit(settings)
+    try:
+        with Progress(
+            TextColumn("dry run" if dry_run else "removing"),
+            TextColumn("{task.completed} events"),
+            console=err,
+            transient=True,
+        ) as progress:
+            task = progress.add_task("retention", total=None)
+            report = ret.run(
+                store,
+                ret.Policy.from_settings(settings),
+                dry_run=dry_run,
+                progress=lambda n: progress.advance(task, n),
+            )
+    except ret.RetentionBusy as exc:
+        raise fail(str(exc)) from None
+    except StoreError as exc:
+        raise fail(f"{exc} (what was removed before the error stays removed; run again to finish)") from None
+    finally:
+        store.close()
+    title = f"retention{' (dry run: nothing removed)' if dry_run else ''}, {report.seconds:.1f}s"
+    emit(report.rows(), ret.REPORT_COLUMNS, format, title=title)
+
+
+@app.command("migrate")
+def migrate_(
+    source: Annotated[
+        str, typer.Option("--from", help="The store to copy: a SQLite path, sqlite:/// or postgresql:// URL.")
+    ],
+    target: Annotated[str, typer.Option("--to", help="The store to copy into (created when empty).")],
+    config: ConfigOpt = None,
+    format: FormatOpt = Format.table,
+) -> None:
+    """Copy a whole store to another (SQLite to PostgreSQL or back), ids and raw bytes kept; re-runnable."""
+    from spintrail.transfer import REPORT_COLUMNS, TransferError, copy_store
+
+    if source.strip() == target.strip():
+        raise fail("--from and --to name the same database", 2)
+    settings = settings_from(config)
+    src = open_store_or_exit(settings.model_copy(update={"database": source}))
+    try:
+        dst = open_store_or_exit(settings.model_copy(update={"database": target}))
+    except BaseException:
+        src.close()
+        raise
+    try:
+        total = src.stats().events
+        with Progress(
+            TextColumn("copying"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} events"),
+            TimeRemainingColumn(),
+            console=err,
+        ) as progress:
+            task = progress.add_task("migrate", total=total)
+            report = copy_store(src, dst, progress=lambda n: progress.advance(task, n))
+    except TransferError as exc:
+        raise fail(str(exc)) from None
+    except StoreError as exc:
+        raise fail(f"{exc} (run the same command again to continue; nothing is copied twice)") from None
+    finally:
+        dst.close()
+        src.close()
+    emit([report.row()], REPORT_COLUMNS, format, title="migrate")
+    if report.target_events < report.source_events:
+        raise fail(
+            f"the target holds {report.target_events} events, fewer than the source's {report.source_events}"
+        )
 
 
 def main() -> None:

@@ -100,6 +100,37 @@ class Settings(BaseSettings):
         description="How long a replica owns a sink's delivery without renewing; another replica takes "
         "over a sink whose owner stopped renewing.",
     )
+    postgres_pool_size: int = Field(
+        10,
+        ge=1,
+        description="Most PostgreSQL connections each process opens for reads (plus one for its writer).",
+    )
+    retention_task_days: int = Field(
+        90,
+        ge=0,
+        description="Days `orca:task:*` events are kept by `spintrail retention`; 0 keeps them forever.",
+    )
+    retention_stage_days: int = Field(
+        365, ge=0, description="Days `orca:stage:*` events are kept; 0 keeps them forever."
+    )
+    retention_pipeline_days: int = Field(
+        2555,
+        ge=0,
+        description="Days `orca:pipeline:*` and `orca:orchestration:*` events are kept (7 years); "
+        "0 keeps them forever.",
+    )
+    retention_other_days: int = Field(
+        365,
+        ge=0,
+        description="Days every other event (builds, git, docker, manual triggers, webhooks) is kept; "
+        "0 keeps them forever.",
+    )
+    retention_interval_hours: float = Field(
+        0,
+        ge=0,
+        description="Run retention inside the server every this many hours; 0 (the default) never does "
+        "(run `spintrail retention` from cron instead).",
+    )
 
     @field_validator("ticket_pattern")
     @classmethod

@@ -28,12 +28,15 @@ __all__ = [
 ]
 
 
-def open_store(database: str, *, batch_max: int = 2000, queue_max: int = 20000) -> Store:
-    """Open the store a ``database`` setting names: a SQLite path or ``sqlite:///`` URL, or ``postgresql://``."""
+def open_store(database: str, *, batch_max: int = 2000, queue_max: int = 20000, pool_size: int = 10) -> Store:
+    """Open the store a ``database`` setting names: a SQLite path or ``sqlite:///`` URL, or ``postgresql://``.
+
+    ``pool_size`` is the most read connections a PostgreSQL store opens.
+    """
     if database.startswith(("postgresql://", "postgres://")):
         from spintrail.store.postgres import PostgresStore
 
-        return PostgresStore(database, batch_max=batch_max, queue_max=queue_max)
+        return PostgresStore(database, batch_max=batch_max, queue_max=queue_max, pool_size=pool_size)
     from spintrail.store.sqlite import SqliteStore, sqlite_path
 
     return SqliteStore(sqlite_path(database), batch_max=batch_max, queue_max=queue_max)

@@ -45,6 +45,8 @@ class PreparedEvent:
     record: AuditRecord
     raw: bytes
     text: str = ""
+    #: The store id to keep (when copying a whole store); ``None``: the store assigns the next id.
+    id: int | None = None
 
 
 @dataclass(slots=True)

@@ -275,6 +275,10 @@ class SqliteStore(Store):
             return AppendResult(row[0], True)
         key = blobs.delta_key(rec.execution_id, rec.type)
         base = self._cache.base_for(key)
+        if base is not None and conn.execute("SELECT 1 FROM raw WHERE id = ?", (base[0],)).fetchone() is None:
+            # Retention removed the cached base since: start a new chain.
+            self._cache.forget({base[0]})
+            base = None
         blob = blobs.compress(item.raw, base[1] if base else None, base[0] if base else None)
         raw_id = conn.execute(
             "INSERT INTO raw(codec, base_id, size, sha256, data) VALUES (?, ?, ?, ?, ?)",
@@ -288,7 +292,7 @@ class SqliteStore(Store):
         cols = ", ".join(f'"{c}"' for c in _RECORD_COLUMNS)
         marks = ", ".join("?" for _ in _RECORD_COLUMNS)
         row_id = conn.execute(
-            f"INSERT INTO events({cols}, raw_id) VALUES ({marks}, ?)", (*values, raw_id)
+            f"INSERT INTO events(id, {cols}, raw_id) VALUES (?, {marks}, ?)", (item.id, *values, raw_id)
         ).lastrowid
         assert row_id is not None
         tags = [
@@ -398,6 +402,8 @@ class SqliteStore(Store):
             codec, data, size, base_id = rows[0]
             chain.append((codec, data, size))
             next_id = base_id if codec == blobs.CODEC_ZSTD_DELTA else None
+            if len(chain) > 2 * blobs.MAX_CHAIN + 2:
+                raise StoreUnavailable(f"raw blob {blob_id} has a broken delta chain")
         out: bytes | None = None
         for codec, data, size in reversed(chain):
             out = blobs.decompress(codec, data, size, out)

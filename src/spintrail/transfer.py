@@ -1,0 +1,128 @@
+"""Copy a whole store to another (SQLite to PostgreSQL, or back): records, exact raw bytes, tags and text.
+
+Events are read in id order and appended to the target with their ids kept, so links and references to
+``/api/v1/events/<id>`` stay valid. The target compresses raw bytes its own way (delta chains within a month
+on PostgreSQL) and rebuilds tags and full-text entries from the records; the text indexed is recomputed
+exactly as ingest made it (``retention.recompute_text``). Re-running the copy stores nothing twice: events
+already in the target are recognised by their event id.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from spintrail import fulltext
+from spintrail.record import LIST_FIELDS, TEXT_FIELDS, AuditRecord
+from spintrail.retention import recompute_text, sqlite_blob
+from spintrail.store import PreparedEvent, Store, StoreError
+
+REPORT_COLUMNS = ("source_events", "copied", "already_there", "target_events", "seconds")
+_COLUMNS = ("id", "event_id", "received_at", "time", *TEXT_FIELDS, *LIST_FIELDS)
+
+
+class TransferError(Exception):
+    """The copy cannot go on; the message says why and what to do."""
+
+
+@dataclass(slots=True)
+class TransferReport:
+    source_events: int = 0
+    copied: int = 0
+    already_there: int = 0
+    target_events: int = 0
+    seconds: float = 0.0
+
+    def row(self) -> dict[str, Any]:
+        return {
+            c: round(v, 2) if isinstance(v, float) else v for c in REPORT_COLUMNS for v in [getattr(self, c)]
+        }
+
+
+def iter_events(store: Store, batch: int = 500) -> Iterator[list[tuple[AuditRecord, bytes | None]]]:
+    """Every record of a store with its raw bytes, in id order, ``batch`` at a time."""
+    if store.backend == "postgresql":
+        after = 0
+        while True:
+            rows = store.export_batch(after, batch)  # type: ignore[attr-defined]
+            if not rows:
+                return
+            yield rows
+            after = rows[-1][0].id
+    elif store.backend == "sqlite":
+        yield from _iter_sqlite(store, batch)
+    else:  # pragma: no cover
+        raise TransferError(f"cannot read a {store.backend} store")
+
+
+def _iter_sqlite(store: Any, batch: int) -> Iterator[list[tuple[AuditRecord, bytes | None]]]:
+    conn = store.connect()
+    cache: OrderedDict[int, bytes] = OrderedDict()
+    cols = ", ".join(f'"{c}"' for c in _COLUMNS)
+    try:
+        after = 0
+        while True:
+            rows = conn.execute(
+                f"SELECT {cols}, raw_id FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, batch)
+            ).fetchall()
+            if not rows:
+                return
+            out = []
+            for row in rows:
+                values = dict(zip(_COLUMNS, row[:-1], strict=True))
+                for name in LIST_FIELDS:
+                    values[name] = json.loads(values[name])
+                rec = AuditRecord(**values)
+                out.append((rec, _sqlite_blob(conn, row[-1], cache) if row[-1] is not None else None))
+            yield out
+            after = rows[-1][0]
+    finally:
+        conn.close()
+
+
+def _sqlite_blob(conn: Any, blob_id: int, cache: OrderedDict[int, bytes]) -> bytes:
+    out = sqlite_blob(conn, blob_id, cache)
+    if out is None:
+        raise TransferError(f"raw blob {blob_id} is missing in the source: the source store is damaged")
+    while len(cache) > 4096:
+        cache.popitem(last=False)
+    return out
+
+
+def copy_store(
+    source: Store, target: Store, *, batch: int = 500, progress: Callable[[int], None] | None = None
+) -> TransferReport:
+    """Copy every event of ``source`` into ``target`` (ids kept); safe to run again."""
+    started = time.perf_counter()
+    report = TransferReport(source_events=source.stats().events)
+    for rows in iter_events(source, batch):
+        prepared = []
+        for rec, raw in rows:
+            text = recompute_text(rec, raw)
+            if text is None:
+                text = fulltext.index_text(rec, {})
+            prepared.append(
+                PreparedEvent(record=rec, raw=raw if raw is not None else b"", text=text, id=rec.id)
+            )
+        try:
+            results = target.append(prepared)
+        except StoreError as exc:
+            if "unique" in str(exc).lower() or "duplicate key" in str(exc).lower():
+                raise TransferError(
+                    f"the target already holds other events under the ids being copied ({exc}). Copy into "
+                    "an empty database, or one filled only by an earlier run of this command, before any "
+                    "server writes to it."
+                ) from exc
+            raise
+        dup = sum(1 for r in results if r.duplicate)
+        report.copied += len(results) - dup
+        report.already_there += dup
+        if progress is not None:
+            progress(len(results))
+    report.target_events = target.stats().events
+    report.seconds = time.perf_counter() - started
+    return report
