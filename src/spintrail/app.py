@@ -6,9 +6,9 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from spintrail import __version__, api, receive
+from spintrail import __version__, api, auth, receive, trust_api
 from spintrail.ingest import Ingestor
 from spintrail.metrics import Metrics
 from spintrail.settings import Settings
@@ -31,10 +31,12 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             )
         app.state.store.commit_observer = metrics.observe_commit
         app.state.ingestor = Ingestor(settings, app.state.store)
+        trust_api.start(app, settings, app.state.store)
         log.info("spintrail %s: store %s ready", __version__, app.state.store.backend)
         try:
             yield
         finally:
+            trust_api.stop(app)
             if own:
                 app.state.store.close()
 
@@ -43,6 +45,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         version=__version__,
         description="The audit trail for Spinnaker: who changed what, where, when and why.",
         lifespan=lifespan,
+        # Every API route, including those added later, is authorized by its rule in auth.RULES.
+        dependencies=[Depends(auth.authorize)],
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -51,4 +55,5 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.state.ingestor = Ingestor(settings, store)
     app.include_router(receive.router)
     app.include_router(api.router)
+    trust_api.setup(app)
     return app
