@@ -113,7 +113,10 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         time_s, id_s = text.split(":")
-        return int(time_s), int(id_s)
+        time_, id_ = int(time_s), int(id_s)
+        if not (abs(time_) < 2**63 and 0 <= id_ < 2**63):
+            raise ValueError(text)
+        return time_, id_
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise ValueError(
             "cursor is not valid: pass the next_cursor value of a previous answer unchanged"
