@@ -187,10 +187,9 @@ _NO_CREDENTIALS = AuthError(
 class Authenticator:
     """Resolves credentials to principals, with a short cache (revocation takes effect within seconds)."""
 
-    CACHE_SECONDS = 5.0
-
     def __init__(self, settings: Settings, tokens: TokenStore) -> None:
         self.settings = settings
+        self.cache_seconds = settings.token_cache_seconds
         self.tokens = tokens
         self.mode = settings.auth
         self._proxies = parse_networks(settings.trusted_proxies)
@@ -210,7 +209,7 @@ class Authenticator:
             return False
         now = time.monotonic()
         cached = self._enabled
-        if cached is not None and now - cached[0] < self.CACHE_SECONDS:
+        if cached is not None and now - cached[0] < self.cache_seconds:
             return cached[1]
         on = bool(self._proxy_header) or self.tokens.active_count() > 0
         if cached is not None and cached[1] != on:
@@ -221,7 +220,7 @@ class Authenticator:
     def _token(self, secret: str) -> TokenInfo | None:
         now = time.monotonic()
         cached = self._cache.get(secret)
-        if cached is not None and now - cached[0] < self.CACHE_SECONDS:
+        if cached is not None and now - cached[0] < self.cache_seconds:
             return cached[1]
         info = self.tokens.lookup(secret)
         with self._lock:

@@ -774,7 +774,20 @@ def verify(
                 )
             )
         if check_raw:
-            raw = store.raw(row_id)
+            try:
+                raw = store.raw(row_id)
+            except Exception as exc:  # a damaged blob: zstd or the delta chain fails
+                problems.append(
+                    Problem(
+                        "raw_changed",
+                        f"the raw bytes of {_rec_label(row_id, record.event_id)} (leaf {idx}) cannot be "
+                        f"read: {exc}",
+                        leaf=idx,
+                        record=row_id,
+                        event_id=record.event_id,
+                    )
+                )
+                continue
             if raw is None:
                 report.raw_not_kept += 1
             elif hashlib.sha256(raw).digest() != raw_sha:

@@ -140,7 +140,40 @@ async def store_prepared(request: Request, prepared: list[PreparedEvent]) -> dic
     }
 
 
-@router.post("/api/v1/events", tags=["ingest"], summary="Receive echo events")
+#: The body as the OpenAPI description shows it: one echo event (arrays, NDJSON, wrapped, flattened and
+#: templated bodies are accepted too; see decode.py).
+_EVENT_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["details"],
+                "properties": {
+                    "details": {
+                        "type": "object",
+                        "properties": {
+                            "source": {"type": "string"},
+                            "type": {"type": "string"},
+                            "created": {"type": "string"},
+                            "application": {"type": "string"},
+                        },
+                    },
+                    "content": {"type": "object"},
+                    "eventId": {"type": "string"},
+                },
+            }
+        }
+    },
+}
+
+
+@router.post(
+    "/api/v1/events",
+    tags=["ingest"],
+    summary="Receive echo events",
+    openapi_extra={"requestBody": _EVENT_BODY},
+)
 @router.post("/api/v1/events/", include_in_schema=False)
 async def receive_events(request: Request) -> JSONResponse:
     """Store the echo events in the body (any shape echo sends); answers after the commit."""

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
         "secrets, named `settings:ingest-1`, ...). echo sends one as `Authorization: Bearer <secret>` or as "
         "the Basic password.",
     )
+    token_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="How long a token look-up is cached; a revoked token stops working within this time.",
+    )
     proxy_user_header: str | None = Field(
         None,
         description="Header carrying the signed-in user set by a trusted reverse proxy (e.g. "

@@ -22,6 +22,19 @@ log = logging.getLogger(__name__)
 
 router = APIRouter()
 
+#: Largest integer accepted in parameters (the databases' 64-bit integers).
+MAX_INT = 2**63 - 1
+
+
+def _cursor(value: str | None) -> int | None:
+    """A page cursor (an id), or ``ValueError``."""
+    if value is None or value == "":
+        return None
+    if not value.isdigit() or int(value) > MAX_INT:
+        raise ValueError(value)
+    return int(value)
+
+
 OPEN_WARNING = (
     "authentication is OFF: anyone who can reach this server can send, read and verify events as admin. "
     "Create a token (`spintrail tokens create NAME --role admin`) or set SPINTRAIL_ADMIN_TOKEN to turn it on."
@@ -117,7 +130,7 @@ async def access_log(
         n = parse_limit(limit)
         s = parse_time(since, name="since") if since else None
         u = parse_time(until, name="until") if until else None
-        before = int(cursor) if cursor else None
+        before = _cursor(cursor)
     except FilterError as exc:
         return _error(400, "bad_filter", str(exc))
     except ValueError:
@@ -186,7 +199,7 @@ async def checkpoints(
 ) -> Response:
     try:
         n = parse_limit(limit)
-        before = int(cursor) if cursor else None
+        before = _cursor(cursor)
     except FilterError as exc:
         return _error(400, "bad_filter", str(exc))
     except ValueError:
@@ -234,8 +247,10 @@ async def proof(
 @router.get("/api/v1/integrity/consistency", tags=["integrity"], summary="The log only grew")
 async def consistency(
     request: Request,
-    old: int = Query(..., ge=0, description="size of the older checkpoint"),
-    new: int | None = Query(None, ge=0, description="size of the newer checkpoint (default: the latest)"),
+    old: int = Query(..., ge=0, le=MAX_INT, description="size of the older checkpoint"),
+    new: int | None = Query(
+        None, ge=0, le=MAX_INT, description="size of the newer checkpoint (default: the latest)"
+    ),
 ) -> Response:
     """A consistency proof between two stored checkpoints (by tree size)."""
     trust = _trust(request)
@@ -260,8 +275,10 @@ async def consistency(
 @router.post("/api/v1/integrity/verify", tags=["integrity"], summary="Verify the whole store")
 async def verify(
     request: Request,
-    start: int = Query(0, ge=0, description="first leaf whose record is re-read"),
-    end: int | None = Query(None, ge=0, description="leaf after the last one re-read (default: all)"),
+    start: int = Query(0, ge=0, le=MAX_INT, description="first leaf whose record is re-read"),
+    end: int | None = Query(
+        None, ge=0, le=MAX_INT, description="leaf after the last one re-read (default: all)"
+    ),
     raw: bool = Query(True, description="also re-hash the raw bytes kept"),
 ) -> Response:
     """Check every record against the hash chain, the Merkle tree and the signed checkpoints (with this
