@@ -314,15 +314,16 @@ def test_events_stored_before_the_log_existed_are_added_once(tmp_path: Path) -> 
 
     path = tmp_path / "old.db"
     store = SqliteStore(path)
-    for n in (1, 2, 3):
-        e = ev(n)
-        store.append([PreparedEvent(normalize(e, received_at=1), json.dumps(e).encode())])
+    old = [ev(n) for n in range(1, 2106)]  # more than one backfill chunk
+    store.append([PreparedEvent(normalize(e, received_at=1), json.dumps(e).encode()) for e in old])
     settings = Settings(database=str(path))
     ing = Ingestor(settings, store)
-    assert ing.trust.log.state().size == 3
-    e = ev(4)
+    assert ing.trust.log.state().size == 2105
+    assert ing.trust.log.backfill() == 0  # once only
+    e = ev(99999)
     store.append([ing.prepare(IncomingEvent(e, json.dumps(e).encode()))])
-    assert integrity.verify(store, ing.trust.conns, [ing.trust.signing_key().verifier]).ok
+    report = integrity.verify(store, ing.trust.conns, [ing.trust.signing_key().verifier])
+    assert report.ok and report.leaves == 2106
     ing.trust.close()
     store.close()
 

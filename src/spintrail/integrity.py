@@ -313,39 +313,41 @@ class IntegrityLog:
         )
         _save_state(conn, state)
 
-    def backfill(self) -> int:
-        """Give leaves to events stored before the log existed (an upgrade), once, when the log is empty."""
+    def backfill(self, *, chunk: int = 2000) -> int:
+        """Give leaves to events stored before the log existed (an upgrade): only when the log is empty,
+        so an event slipped into the database later is reported by ``verify`` instead of adopted."""
         conn = self.conns.get()
         if load_state(conn).size:
             return 0
-        rows = dbutil.rows(
-            conn,
-            "SELECT e.id FROM events e LEFT JOIN integrity_leaves l ON l.event_row = e.id"
-            " WHERE l.event_row IS NULL ORDER BY e.id",
-        )
-        if not rows:
-            return 0
         from spintrail.store.base import PreparedEvent
 
-        written: list[Written] = []
-        for (row_id,) in rows:
-            record = self.store.get(int(row_id))
-            if record is None:
-                continue
-            raw = self.store.raw(int(row_id))
-            written.append(
-                Written(
-                    PreparedEvent(record=record, raw=raw or b"", raw_sha256=_stored_raw_sha(conn, row_id)),
-                    row_id,
+        total = 0
+        while True:
+            with dbutil.transaction(conn, lock="integrity_state"):
+                rows = dbutil.rows(
+                    conn,
+                    "SELECT e.id FROM events e LEFT JOIN integrity_leaves l ON l.event_row = e.id"
+                    " WHERE l.event_row IS NULL ORDER BY e.id LIMIT ?",
+                    (chunk,),
                 )
+                written: list[Written] = []
+                for (row_id,) in rows:
+                    record = self.store.get(int(row_id))
+                    if record is None:
+                        continue
+                    raw = self.store.raw(int(row_id)) or b""
+                    item = PreparedEvent(record=record, raw=raw, raw_sha256=_stored_raw_sha(conn, row_id))
+                    written.append(Written(item, int(row_id)))
+                if written:
+                    self.hook(conn, written)
+            total += len(written)
+            if len(rows) < chunk:
+                break
+        if total:
+            log.warning(
+                "integrity: %d events stored before the tamper-evident log existed were added to it", total
             )
-        with dbutil.transaction(conn, lock="integrity_state"):
-            if load_state(conn).size == 0:
-                self.hook(conn, written)
-        log.warning(
-            "integrity: %d events stored before the tamper-evident log existed were added to it", len(written)
-        )
-        return len(written)
+        return total
 
     def forget_content(self, conn: Any, event_rows: Iterable[int], reason: str) -> None:
         """Mark records whose content retention or redaction removed (call in the same transaction as the
@@ -532,9 +534,13 @@ class IntegrityLog:
 
 
 def _stored_raw_sha(conn: Any, event_row: int) -> bytes | None:
-    row = dbutil.one(
-        conn, "SELECT r.sha256 FROM events e JOIN raw r ON r.id = e.raw_id WHERE e.id = ?", (event_row,)
-    )
+    """The SHA-256 the store kept beside an event's raw bytes (SQLite layout), if it can be read."""
+    try:
+        row = dbutil.one(
+            conn, "SELECT r.sha256 FROM events e JOIN raw r ON r.id = e.raw_id WHERE e.id = ?", (event_row,)
+        )
+    except Exception:  # another backend's layout: the hook hashes the bytes instead
+        return None
     return dbutil.as_bytes(row[0]) if row else None
 
 

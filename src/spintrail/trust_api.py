@@ -89,6 +89,9 @@ def stop(app: FastAPI) -> None:
             authenticator.flush_usage(force=True)
         except Exception:
             log.exception("could not record token usage")
+    trust = getattr(app.state, "trust", None)
+    if trust is not None:
+        trust.close()
 
 
 def banner(settings: Settings, store: Store) -> list[str]:
