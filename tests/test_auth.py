@@ -29,6 +29,9 @@ HIDDEN_APP = "zzhiddenapp"  # a marker that appears only inside the hidden appli
 
 
 def event(n: int, app: str = "checkout", **extra: Any) -> dict[str, Any]:
+    """An event whose user, account, server group and description all name its application, so a
+    listing or an aggregate that leaks another application's events shows that application's name."""
+    user = f"carol@{app}.example.com"
     return {
         "details": {
             "source": "orca",
@@ -42,9 +45,18 @@ def event(n: int, app: str = "checkout", **extra: Any) -> dict[str, Any]:
                 "id": str(uuid.UUID(int=10_000 + n)),
                 "application": app,
                 "description": f"Resize Server Group: {app}-prod-v{n:03d}",
-                "authentication": {"user": "carol@example.com"},
-                "trigger": {"type": "manual", "user": "carol@example.com"},
-                "stages": [],
+                "authentication": {"user": user},
+                "trigger": {"type": "manual", "user": user},
+                "stages": [
+                    {
+                        "type": "resizeServerGroup",
+                        "context": {
+                            "credentials": f"{app}-prod",
+                            "region": "us-east-1",
+                            "serverGroupName": f"{app}-prod-v{n:03d}",
+                        },
+                    }
+                ],
                 "status": "SUCCEEDED",
             },
             "executionId": str(uuid.UUID(int=10_000 + n)),
@@ -174,7 +186,7 @@ def _requests(route: Any, method: str) -> list[tuple[str, dict[str, Any]]]:
     path = re.sub(r"{(\w+)(:[^}]*)?}", lambda m: fill.get(m.group(1), "x"), route.path)
     body: dict[str, Any] = {}
     if path == "/api/v1/hash":
-        body = {"json": {"value": "carol@example.com"}}
+        body = {"json": {"value": f"carol@{HIDDEN_APP}.example.com"}}
     elif path.startswith("/api/v1/events") and method == "POST":
         body = {"content": json.dumps(event(2, HIDDEN_APP))}
     out = [(path, body)]
@@ -358,20 +370,36 @@ def test_trusted_proxy_user_header(server_factory: Any, tmp_path: Path) -> None:
 
 def test_splunk_clients_get_splunk_errors(tmp_path: Path) -> None:
     """The HEC endpoint (another module) is guarded by the same rules and answers like HEC."""
-    from fastapi.testclient import TestClient
+    import threading
+
+    import uvicorn
+
+    from conftest import free_port
 
     db = tmp_path / "hec.db"
     secrets = create_tokens(db, {"hec": ("ingest", None), "viewer": ("viewer", None)})
     app = create_app(Settings(database=str(db)))
     app.add_api_route("/services/collector/event", lambda: {"text": "Success", "code": 0}, methods=["POST"])
-    with TestClient(app) as client:
-        assert client.post("/services/collector/event").json() == {"text": "Token is required", "code": 2}
-        r = client.post("/services/collector/event", headers={"Authorization": "Splunk nope"})
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}/services/collector/event"
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+            time.sleep(0.05)
+        assert httpx.post(url).json() == {"text": "Token is required", "code": 2}
+        r = httpx.post(url, headers={"Authorization": "Splunk nope"})
         assert (r.status_code, r.json()["code"]) == (403, 4)
-        r = client.post("/services/collector/event", headers={"Authorization": f"Splunk {secrets['viewer']}"})
+        r = httpx.post(url, headers={"Authorization": f"Splunk {secrets['viewer']}"})
         assert (r.status_code, r.json()["code"]) == (403, 4)
-        r = client.post("/services/collector/event", headers={"Authorization": f"Splunk {secrets['hec']}"})
+        r = httpx.post(url, headers={"Authorization": f"Splunk {secrets['hec']}"})
         assert r.json() == {"text": "Success", "code": 0}
+    finally:
+        server.should_exit = True
+        thread.join(15)
 
 
 def test_access_log_records_raw_reads_proofs_and_hash_lookups(server_factory: Any, tmp_path: Path) -> None:

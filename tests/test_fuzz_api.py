@@ -13,6 +13,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import Server
 
@@ -83,12 +84,6 @@ def test_no_request_makes_the_server_fail(live: Server) -> None:
     assert statuses[200] and statuses[400] + statuses[422] and statuses[404], statuses
 
 
-def test_the_server_is_still_sound_after_fuzzing(live: Server) -> None:
-    assert httpx.get(live.url + "/readyz", timeout=10).status_code == 200
-    report = httpx.post(live.url + "/api/v1/integrity/verify", headers=AUTH, timeout=60).json()
-    assert report["ok"], report["problems"]
-
-
 NASTY = [
     "99999999999999999999999",
     "-99999999999999999999999",
@@ -134,3 +129,52 @@ def test_nasty_values_in_every_parameter(live: Server) -> None:
                         failures.append(f"{method.upper()} {path} {param['name']}={value!r}: {r.status_code}")
     client.close()
     assert not failures, "\n".join(failures[:30])
+
+
+_VALID = json.dumps(
+    {
+        "details": {
+            "source": "orca",
+            "type": "orca:stage:complete",
+            "created": "1718370000000",
+            "application": "a",
+        },
+        "content": {
+            "execution": {"id": "E2", "type": "PIPELINE", "stages": [{"type": "wait", "context": {}}]}
+        },
+    }
+).encode()
+
+
+@given(
+    body=st.one_of(
+        st.binary(max_size=300),
+        st.builds(
+            lambda cut, junk: _VALID[:cut] + junk + _VALID[cut:],
+            st.integers(0, len(_VALID)),
+            st.binary(max_size=8),
+        ),
+    ),
+    gzip_it=st.booleans(),
+)
+@settings(max_examples=30, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+def test_ingest_bodies_fuzzed_over_http(live: Server, body: bytes, gzip_it: bool) -> None:
+    """Random and mutated bodies: a clear 2xx or 4xx, and a refused body stores nothing."""
+    import gzip
+
+    before = _log_size(live)
+    headers = {**AUTH, "Content-Type": "application/json"}
+    if gzip_it:
+        body, headers["Content-Encoding"] = gzip.compress(body), "gzip"
+    r = httpx.post(live.url + "/api/v1/events", content=body, headers=headers, timeout=60)
+    assert r.status_code in (200, 400, 413, 415), r.text
+    if r.status_code == 200:
+        assert _log_size(live) == before + r.json()["stored"]
+    else:
+        assert r.json()["message"] and _log_size(live) == before
+
+
+def test_the_server_is_still_sound_after_fuzzing(live: Server) -> None:
+    assert httpx.get(live.url + "/readyz", timeout=10).status_code == 200
+    report = httpx.post(live.url + "/api/v1/integrity/verify", headers=AUTH, timeout=60).json()
+    assert report["ok"], report["problems"]
