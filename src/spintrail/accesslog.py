@@ -131,7 +131,7 @@ class AccessLog:
                 entry.client,
             ),
         )
-        entry.id = int(cur.fetchone()[0])
+        entry.id = int(cur.fetchall()[0][0])  # fetch to the end: the statement (and its write) finishes
         return entry.id
 
     def list(

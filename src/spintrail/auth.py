@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from spintrail import scope as app_scope
 from spintrail.accesslog import Access
 from spintrail.settings import Settings
-from spintrail.tokens import TokenInfo, TokenStore
+from spintrail.tokens import TokenInfo, TokenStore, secret_hash
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ class Authenticator:
         self._proxies = parse_networks(settings.trusted_proxies)
         self._proxy_roles = parse_user_roles(settings.proxy_user_roles)
         self._proxy_header = (settings.proxy_user_header or "").lower().encode("latin-1") or None
-        self._cache: dict[str, tuple[float, TokenInfo | None]] = {}
+        self._cache: dict[bytes, tuple[float, TokenInfo | None]] = {}
         self._enabled: tuple[float, bool] | None = None
         self._lock = threading.Lock()
         self._used: dict[str, int] = {}
@@ -219,14 +219,15 @@ class Authenticator:
 
     def _token(self, secret: str) -> TokenInfo | None:
         now = time.monotonic()
-        cached = self._cache.get(secret)
+        digest = secret_hash(secret)  # the cache never holds secrets
+        cached = self._cache.get(digest)
         if cached is not None and now - cached[0] < self.cache_seconds:
             return cached[1]
         info = self.tokens.lookup(secret)
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[secret] = (now, info)
+            self._cache[digest] = (now, info)
         return info
 
     def authenticate(self, headers: dict[bytes, bytes], client: str | None) -> AuthResult:

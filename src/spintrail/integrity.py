@@ -444,7 +444,7 @@ class IntegrityLog:
                     " RETURNING id",
                     (state.size, state.root, now, note),
                 )
-                stored = StoredCheckpoint(int(cur.fetchone()[0]), state.size, state.root, now, note)
+                stored = StoredCheckpoint(int(cur.fetchall()[0][0]), state.size, state.root, now, note)
         if self.checkpoint_dir is not None:
             try:
                 export_checkpoint(self.checkpoint_dir, stored)
