@@ -143,7 +143,8 @@ def test_event_without_event_id_gets_a_stable_id(server: Server) -> None:
     assert again["events"][0]["event_id"] == first["events"][0]["event_id"]
 
 
-def test_raw_bytes_are_kept_exactly(server: Server) -> None:
+def test_raw_bytes_are_kept_exactly(server_factory: Any) -> None:
+    server = server_factory(env={"SPINTRAIL_RAW_EVENTS": "keep"})
     body = (
         b'  {"eventName":"spinnaker_events",\n  "payload": '
         + json.dumps(event(9), indent=1).encode()

@@ -277,3 +277,35 @@ def test_write_hooks_run_in_the_commit_and_roll_back_with_it(store: Store) -> No
         store.append([prepared(666)])
     assert store.get_by_event_id("evt-000666") is None
     assert store.append([prepared(3)])[0].duplicate is False
+
+
+def test_reads_honour_the_application_scope(store: Store) -> None:
+    """A request limited to some applications sees nothing else through any read, in every backend."""
+    from spintrail import scope
+
+    a, b, none = (
+        r.id
+        for r in store.append(
+            [
+                prepared(1, application="alpha", execution_id="X", text="shared words"),
+                prepared(2, application="beta", execution_id="X", text="shared words"),
+                prepared(3, application=None, execution_id="X", text="shared words"),
+            ]
+        )
+    )
+    with scope.limited_to({"alpha"}):
+        assert ids(store) == [a]
+        assert ids(store, application="beta") == []
+        assert ids(store, application=["alpha", "beta"]) == [a]
+        assert ids(store, q="shared") == [a]
+        assert store.get(b) is None and store.get(none) is None and store.get(a) is not None
+        assert store.get_by_event_id("evt-000002") is None
+        assert store.raw(b) is None and store.raw(a) is not None
+        assert [r.id for r in store.execution("X")] == [a]
+    with scope.limited_to(set()):
+        assert ids(store) == [] and store.get(a) is None and store.execution("X") == []
+    assert sorted(ids(store)) == sorted([a, b, none])  # outside a request: everything
+    assert store.append([prepared(4, raw=b"")])[0].duplicate is False
+    kept_nothing = PreparedEvent(record=make_record(5), raw=b"", keep_raw=False)
+    (res,) = store.append([kept_nothing])
+    assert store.raw(res.id) is None  # raw_events = drop

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
+from spintrail import auth
 from spintrail.query import FILTER_HELP, FILTER_NAMES, FilterError, Filters, parse_limit
 from spintrail.record import AuditRecord
 from spintrail.store import Store, StoreUnavailable
@@ -83,7 +84,7 @@ async def search_events(
 
 async def _find(request: Request, ref: str) -> AuditRecord | None:
     store = _store(request)
-    if ref.isdigit():
+    if ref.isdigit() and len(ref) <= 18:
         found = await run_in_threadpool(store.get, int(ref))
         if found is not None:
             return found
@@ -92,18 +93,31 @@ async def _find(request: Request, ref: str) -> AuditRecord | None:
 
 @router.get("/api/v1/events/{ref}", tags=["query"], summary="One audit record and its raw event")
 async def get_event(request: Request, ref: str) -> Response:
-    """The record (by store id or echo event id) and the event exactly as received, parsed."""
+    """The record (by store id or echo event id), where it is in the tamper-evident log, and the event as
+    kept, parsed (``raw`` is shown to auditors and admins only, and their read is logged)."""
     record = await _find(request, ref)
     if record is None or record.id is None:
         return error(404, "not_found", f"no event with id or event_id {ref!r}")
-    raw = await run_in_threadpool(_store(request).raw, record.id)
+    principal = auth.principal_of(request)
     parsed: Any = None
-    if raw is not None:
-        try:
-            parsed = json.loads(raw)
-        except ValueError:
-            parsed = raw.decode("utf-8", "replace")
-    return JSONResponse({"event": record.to_api(), "raw": parsed})
+    body: dict[str, Any] = {"event": record.to_api()}
+    if principal is not None and principal.can("auditor"):
+        await auth.record_access(request, "event", target=record.event_id)
+        raw = await run_in_threadpool(_store(request).raw, record.id)
+        if raw is not None:
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = raw.decode("utf-8", "replace")
+    else:
+        body["raw_withheld"] = "the raw event is shown to the auditor and admin roles"
+    body["raw"] = parsed
+    trust = getattr(request.app.state, "trust", None)
+    if trust is not None:
+        leaf = await run_in_threadpool(trust.log.leaf_row, record.id)
+        if leaf is not None:
+            body["provenance"] = {"leaf_index": leaf[0], "raw_sha256": leaf[1].hex(), "ingest_token": leaf[2]}
+    return JSONResponse(body)
 
 
 @router.get("/api/v1/events/{ref}/raw", tags=["query"], summary="The exact bytes received")

@@ -6,9 +6,9 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from spintrail import __version__, api, forward, forward_api, receive, receive_hec, retention
+from spintrail import __version__, api, auth, forward, forward_api, receive, receive_hec, retention, trust_api
 from spintrail.ingest import Ingestor
 from spintrail.metrics import Metrics
 from spintrail.settings import Settings
@@ -34,6 +34,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             )
         app.state.store.commit_observer = metrics.observe_commit
         app.state.ingestor = Ingestor(settings, app.state.store)
+        trust_api.start(app, settings, app.state.store)
         log.info("spintrail %s: store %s ready", __version__, app.state.store.backend)
         receive_hec.warn_if_open(settings.hec_tokens)
         app.state.forwarder = forward.start_forwarding(settings, app.state.store, metrics.registry)
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             stop_retention()
             if app.state.forwarder is not None:
                 app.state.forwarder.stop()
+            trust_api.stop(app)
             if own:
                 app.state.store.close()
 
@@ -52,6 +54,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         version=__version__,
         description="The audit trail for Spinnaker: who changed what, where, when and why.",
         lifespan=lifespan,
+        # Every API route, including those added later, is authorized by its rule in auth.RULES.
+        dependencies=[Depends(auth.authorize)],
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -62,4 +66,5 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(api.router)
     app.include_router(receive_hec.router)
     app.include_router(forward_api.router)
+    trust_api.setup(app)
     return app

@@ -152,8 +152,18 @@ def serve(
         load_demo(settings)
     check_sinks(settings)
     store = open_store_or_exit(settings)
+    from spintrail.trust_api import banner
+
+    tls = tls_options(settings)
+    scheme = "https" if tls else "http"
+    try:
+        for line in banner(settings, store):
+            err.print(line, style="bold red" if line.startswith("WARNING") else None, highlight=False)
+    except Exception as exc:
+        store.close()
+        raise fail(f"cannot set up authentication and signing keys: {exc}") from None
     err.print(
-        f"spintrail {__version__} listening on http://{settings.host}:{settings.port} "
+        f"spintrail {__version__} listening on {scheme}://{settings.host}:{settings.port} "
         f"(store: {store.backend})"
     )
     try:
@@ -163,9 +173,27 @@ def serve(
             port=settings.port,
             log_level=settings.log_level.lower(),
             timeout_graceful_shutdown=10,
+            # The client address must be the real peer: trusted_proxies is checked against it.
+            proxy_headers=False,
+            **tls,
         )
     finally:
         store.close()
+
+
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's TLS options from ``tls_cert_file``/``tls_key_file`` (both or neither)."""
+    cert, key = settings.tls_cert_file, settings.tls_key_file
+    if cert is None and key is None:
+        return {}
+    if cert is None or key is None:
+        raise fail(
+            "set both tls_cert_file and tls_key_file (SPINTRAIL_TLS_CERT_FILE / SPINTRAIL_TLS_KEY_FILE)", 2
+        )
+    for what, path in (("tls_cert_file", cert), ("tls_key_file", key)):
+        if not path.is_file():
+            raise fail(f"{what} {path} is not a readable file", 2)
+    return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
 
 
 def load_demo(settings: Settings, *, executions: int = 400, days: float = 21.0, seed: int = 7) -> int:
@@ -563,3 +591,6 @@ def main() -> None:
 from spintrail.cli_sinks import sinks_app  # noqa: E402 - it builds on the helpers above
 
 app.add_typer(sinks_app, name="sinks")
+
+# The trust commands (tokens, access-log, hash, keys, checkpoint, verify, proof, verify-proof, consistency).
+from spintrail import trust_cli  # noqa: E402, F401

@@ -164,9 +164,9 @@ def parse_time(value: str, *, name: str = "time", now_ms: int | None = None) -> 
     m = _RELATIVE.match(text)
     if m:
         now = now_ms if now_ms is not None else int(_time.time() * 1000)
-        return now - int(float(m.group(1)) * _UNIT_MS[m.group(2)])
+        return _in_range(now - int(float(m.group(1)) * _UNIT_MS[m.group(2)]), name, value)
     if text.isdigit():
-        return int(text)
+        return _in_range(int(text), name, value)
     try:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -177,6 +177,16 @@ def parse_time(value: str, *, name: str = "time", now_ms: int | None = None) -> 
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000)
+
+
+#: Times beyond these (about 292 million years) do not fit the stores' 64-bit integers.
+_MS_LIMIT = 2**63 - 1
+
+
+def _in_range(ms: int, name: str, value: str) -> int:
+    if not -_MS_LIMIT <= ms <= _MS_LIMIT:
+        raise FilterError(f"{name} {value!r} is out of range")
+    return ms
 
 
 def type_pattern(value: str) -> tuple[str, bool]:

@@ -5,6 +5,8 @@ after the answer loses nothing. A body that is refused stores nothing. Status co
 
 - 200: stored; the body counts events stored and duplicates (already stored, not stored again)
 - 400: empty body, invalid JSON, no echo event in the body, corrupt gzip
+- 401: authentication is on and the request has no valid token (``auth.py``)
+- 403: the token may not send events (its role), or not of these applications
 - 413: body larger than ``max_body_bytes`` (after decompression)
 - 415: a ``Content-Encoding`` other than gzip or identity
 - 503: the write queue is full (with ``Retry-After``) or the store cannot commit; echo retries
@@ -23,6 +25,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from spintrail import auth
 from spintrail.decode import DecodeError, decode_body
 from spintrail.ingest import Ingestor
 from spintrail.metrics import Metrics
@@ -100,6 +103,12 @@ async def store_prepared(request: Request, prepared: list[PreparedEvent]) -> dic
     """Submit prepared events to the store, wait for the commit, and count the outcome."""
     store = request.app.state.store
     metrics: Metrics = request.app.state.metrics
+    refusal = auth.ingest_refusal(request, [p.record.application for p in prepared])
+    if refusal:
+        raise RequestRejected(403, "application_not_allowed", refusal)
+    token = auth.ingest_token_name(request)
+    for p in prepared:
+        p.ingest_token = token
     try:
         future = store.submit(prepared)
     except StoreOverloaded as exc:
@@ -131,7 +140,40 @@ async def store_prepared(request: Request, prepared: list[PreparedEvent]) -> dic
     }
 
 
-@router.post("/api/v1/events", tags=["ingest"], summary="Receive echo events")
+#: The body as the OpenAPI description shows it: one echo event (arrays, NDJSON, wrapped, flattened and
+#: templated bodies are accepted too; see decode.py).
+_EVENT_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["details"],
+                "properties": {
+                    "details": {
+                        "type": "object",
+                        "properties": {
+                            "source": {"type": "string"},
+                            "type": {"type": "string"},
+                            "created": {"type": "string"},
+                            "application": {"type": "string"},
+                        },
+                    },
+                    "content": {"type": "object"},
+                    "eventId": {"type": "string"},
+                },
+            }
+        }
+    },
+}
+
+
+@router.post(
+    "/api/v1/events",
+    tags=["ingest"],
+    summary="Receive echo events",
+    openapi_extra={"requestBody": _EVENT_BODY},
+)
 @router.post("/api/v1/events/", include_in_schema=False)
 async def receive_events(request: Request) -> JSONResponse:
     """Store the echo events in the body (any shape echo sends); answers after the commit."""

@@ -11,9 +11,9 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from spintrail.sinks import SinkConfig
@@ -131,6 +131,95 @@ class Settings(BaseSettings):
         description="Run retention inside the server every this many hours; 0 (the default) never does "
         "(run `spintrail retention` from cron instead).",
     )
+    # -- trust: authentication, redaction, tamper evidence (docs/security.md) ----------------------------
+    auth: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Authentication: `auto` requires a token as soon as one exists (in the database or "
+        "the token settings) or a proxy user header is set, and is open otherwise (a local try-out); `on` "
+        "always requires one; `off` never does (everyone is admin).",
+    )
+    admin_token: SecretStr | None = Field(
+        None,
+        description="An admin API token given by the environment (e.g. a Kubernetes Secret), used as "
+        "`Authorization: Bearer <token>`; recorded as `settings:admin`.",
+    )
+    ingest_tokens: SecretStr | None = Field(
+        None,
+        description="Ingest tokens given by the environment: comma-separated `name=secret` (or bare "
+        "secrets, named `settings:ingest-1`, ...). echo sends one as `Authorization: Bearer <secret>` or as "
+        "the Basic password.",
+    )
+    token_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="How long a token look-up is cached; a revoked token stops working within this time.",
+    )
+    proxy_user_header: str | None = Field(
+        None,
+        description="Header carrying the signed-in user set by a trusted reverse proxy (e.g. "
+        "`X-Forwarded-User`); honoured only from `trusted_proxies`.",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Addresses or networks (comma-separated, e.g. `10.0.0.5,10.1.0.0/16`) of reverse "
+        "proxies whose `proxy_user_header` is believed.",
+    )
+    proxy_default_role: Literal["none", "viewer", "auditor", "admin"] = Field(
+        "viewer", description="Role of a user named by the proxy header who is not in `proxy_user_roles`."
+    )
+    proxy_user_roles: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Roles of proxy users, comma-separated `user=role` (e.g. `alice@example.com=admin`).",
+    )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate (chain) for HTTPS; with `tls_key_file`, `serve` speaks TLS itself."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of `tls_cert_file`.")
+    raw_events: Literal["keep", "redact", "drop"] = Field(
+        "redact",
+        description="What is kept of each event's original bytes: `keep` (exact evidence, but secrets at "
+        "rest), `redact` (the redacted event re-serialized: no secrets, not byte-exact) or `drop` (only the "
+        "record and the hash).",
+    )
+    redaction_key_file: Path | None = Field(
+        None,
+        description="File holding the secret key of the `hmac-sha256:` hashes that replace secrets "
+        "(created on first start). Default: a key generated and kept in the database.",
+    )
+    secret_key_patterns: list[str] = Field(
+        default_factory=list,
+        description="Extra regular expressions of key names whose values are secrets (a JSON list in the "
+        "environment), on top of the built-in ones.",
+    )
+    signing_key_file: Path | None = Field(
+        None,
+        description="Ed25519 key that signs checkpoints (created on first start, mode 0600). Default: "
+        "beside the SQLite file (`<database>.signing-key`), or `./spintrail-signing.key`.",
+    )
+    log_origin: str | None = Field(
+        None,
+        description="Name of this log in signed checkpoints. Default: `spintrail/<installation id>`.",
+    )
+    checkpoint_events: int = Field(
+        1000, ge=1, description="Sign a checkpoint once this many events arrived since the last one."
+    )
+    checkpoint_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="Sign a checkpoint at least this often, also when idle (proves the log was alive).",
+    )
+    checkpoint_dir: Path | None = Field(
+        None,
+        description="Directory where every signed checkpoint is also written as a file, so a copy lives "
+        "outside the database (mount it from elsewhere, or ship it off the machine).",
+    )
+
+    @field_validator("trusted_proxies", "proxy_user_roles", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("ticket_pattern")
     @classmethod

@@ -13,11 +13,15 @@ from __future__ import annotations
 import abc
 import base64
 import binascii
+import dataclasses
+import functools
+import inspect
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from spintrail import scope
 from spintrail.query import Filters
 from spintrail.record import AuditRecord
 
@@ -40,11 +44,23 @@ class StoreFull(StoreError):
 
 @dataclass(slots=True)
 class PreparedEvent:
-    """One event ready to append: its record, the exact bytes received, and the text to index."""
+    """One event ready to append: its record, the raw bytes to keep, and the text to index.
+
+    ``raw`` is what the ``raw_events`` setting keeps (the bytes as received, or the redacted event
+    re-serialized); with ``keep_raw`` false nothing is kept. ``raw_sha256`` is the SHA-256 of ``raw`` (the
+    tamper-evident log commits to it even when the bytes are not kept). ``event`` is the redacted echo event
+    (what forwarding sends), ``ingest_token`` the name of the token the event was sent with, and
+    ``secret_hashes`` the ``hmac-sha256:`` values redaction put in it (indexed for ``spintrail hash``).
+    """
 
     record: AuditRecord
     raw: bytes
     text: str = ""
+    event: dict[str, Any] | None = None
+    keep_raw: bool = True
+    raw_sha256: bytes | None = None
+    ingest_token: str | None = None
+    secret_hashes: tuple[str, ...] = ()
     #: The store id to keep (when copying a whole store); ``None``: the store assigns the next id.
     id: int | None = None
 
@@ -99,18 +115,107 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         time_s, id_s = text.split(":")
-        return int(time_s), int(id_s)
+        time_, id_ = int(time_s), int(id_s)
+        if not (abs(time_) < 2**63 and 0 <= id_ < 2**63):
+            raise ValueError(text)
+        return time_, id_
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise ValueError(
             "cursor is not valid: pass the next_cursor value of a previous answer unchanged"
         ) from None
 
 
+#: Matches no application: what a read is narrowed to when nothing in the caller's scope can match.
+_NO_APPLICATION = "\x00no application in scope"
+
+
+def _scoped_filters(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Narrow the ``filters`` argument of a read to the current application scope (see ``scope.py``)."""
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if scope.current() is not None:
+            bound = sig.bind(*args, **kwargs)
+            filters = bound.arguments.get("filters")
+            if isinstance(filters, Filters):
+                narrowed = scope.restrict(filters)
+                if narrowed is None:
+                    narrowed = dataclasses.replace(filters, application=(_NO_APPLICATION,))
+                bound.arguments["filters"] = narrowed
+                return fn(*bound.args, **bound.kwargs)
+        return fn(*args, **kwargs)
+
+    wrapper.__spintrail_scoped__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _scoped_record(fn: Callable[..., AuditRecord | None]) -> Callable[..., AuditRecord | None]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> AuditRecord | None:
+        record = fn(*args, **kwargs)
+        if record is None or scope.current() is None:
+            return record
+        return record if scope.allows(record) else None
+
+    wrapper.__spintrail_scoped__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _scoped_raw(fn: Callable[..., bytes | None]) -> Callable[..., bytes | None]:
+    @functools.wraps(fn)
+    def wrapper(self: Store, id_: int, *args: Any, **kwargs: Any) -> bytes | None:
+        if scope.current() is not None and self.get(id_) is None:
+            return None
+        return fn(self, id_, *args, **kwargs)
+
+    wrapper.__spintrail_scoped__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _scoped_records(fn: Callable[..., list[AuditRecord]]) -> Callable[..., list[AuditRecord]]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> list[AuditRecord]:
+        records = fn(*args, **kwargs)
+        if scope.current() is None:
+            return records
+        return [r for r in records if scope.allows(r)]
+
+    wrapper.__spintrail_scoped__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+_SCOPED_BY_NAME: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
+    "get": _scoped_record,
+    "get_by_event_id": _scoped_record,
+    "raw": _scoped_raw,
+    "execution": _scoped_records,
+}
+
+
 class Store(abc.ABC):
-    """An append-only event store. Writes are group-committed by one writer; reads run concurrently."""
+    """An append-only event store. Writes are group-committed by one writer; reads run concurrently.
+
+    Reads honour the application scope of the request (``scope.py``) in every backend without the backend
+    doing anything: ``get``, ``get_by_event_id``, ``raw`` and ``execution`` hide records outside it, and
+    every public method with a ``filters`` parameter (``search``, and whatever is added later) gets its
+    filters narrowed to it.
+    """
 
     #: A short name for logs and /readyz ("sqlite", "postgresql").
     backend: str = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, value in list(vars(cls).items()):
+            if name.startswith("_") or not inspect.isfunction(value):
+                continue
+            if getattr(value, "__spintrail_scoped__", False):
+                continue
+            if name in _SCOPED_BY_NAME:
+                setattr(cls, name, _SCOPED_BY_NAME[name](value))
+            elif "filters" in inspect.signature(value).parameters:
+                setattr(cls, name, _scoped_filters(value))
 
     def __init__(self) -> None:
         self.write_hooks: list[WriteHook] = []

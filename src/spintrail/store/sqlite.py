@@ -273,20 +273,25 @@ class SqliteStore(Store):
         row = conn.execute("SELECT id FROM events WHERE event_id = ?", (rec.event_id,)).fetchone()
         if row is not None:
             return AppendResult(row[0], True)
-        key = blobs.delta_key(rec.execution_id, rec.type)
-        base = self._cache.base_for(key)
-        if base is not None and conn.execute("SELECT 1 FROM raw WHERE id = ?", (base[0],)).fetchone() is None:
-            # Retention removed the cached base since: start a new chain.
-            self._cache.forget({base[0]})
-            base = None
-        blob = blobs.compress(item.raw, base[1] if base else None, base[0] if base else None)
-        raw_id = conn.execute(
-            "INSERT INTO raw(codec, base_id, size, sha256, data) VALUES (?, ?, ?, ?, ?)",
-            (blob.codec, blob.base_id, blob.size, blob.sha256, blob.data),
-        ).lastrowid
-        assert raw_id is not None
-        new_blobs.add(raw_id)
-        self._cache.remember(key, raw_id, item.raw, base[2] + 1 if base else 0)
+        raw_id: int | None = None
+        if item.keep_raw:
+            key = blobs.delta_key(rec.execution_id, rec.type)
+            base = self._cache.base_for(key)
+            if (
+                base is not None
+                and conn.execute("SELECT 1 FROM raw WHERE id = ?", (base[0],)).fetchone() is None
+            ):
+                # Retention removed the cached base since: start a new chain.
+                self._cache.forget({base[0]})
+                base = None
+            blob = blobs.compress(item.raw, base[1] if base else None, base[0] if base else None)
+            raw_id = conn.execute(
+                "INSERT INTO raw(codec, base_id, size, sha256, data) VALUES (?, ?, ?, ?, ?)",
+                (blob.codec, blob.base_id, blob.size, blob.sha256, blob.data),
+            ).lastrowid
+            assert raw_id is not None
+            new_blobs.add(raw_id)
+            self._cache.remember(key, raw_id, item.raw, base[2] + 1 if base else 0)
         values = [getattr(rec, c) for c in _RECORD_COLUMNS[: 3 + len(TEXT_FIELDS)]]
         values += [json.dumps(getattr(rec, c), ensure_ascii=False) for c in LIST_FIELDS]
         cols = ", ".join(f'"{c}"' for c in _RECORD_COLUMNS)

@@ -1,0 +1,298 @@
+"""API tokens: named, revocable secrets with a role and optionally a list of applications.
+
+Only the SHA-256 of a secret is stored (tokens are 256 random bits, so a fast hash is enough: there is
+nothing to brute-force); the secret is shown once, when the token is created. Tokens can also come from
+settings (``admin_token``, ``ingest_tokens``) for deployments that keep secrets in the environment, e.g.
+Kubernetes Secrets; those are never written to the database.
+
+Roles: ``ingest`` (send events), ``viewer`` (search, timelines, dashboards), ``auditor`` (also raw events,
+exports, reports, proofs, verification, the access log), ``admin`` (everything, including settings, sinks
+and retention).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from spintrail import dbutil
+from spintrail.record import format_time
+from spintrail.settings import Settings
+
+ROLES: tuple[str, ...] = ("ingest", "viewer", "auditor", "admin")
+TOKEN_PREFIX = "st_"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+
+MIGRATIONS: dict[str, list[tuple[int, str]]] = {
+    "sqlite": [
+        (
+            1,
+            """
+            CREATE TABLE auth_tokens (
+                id INTEGER PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                role TEXT NOT NULL,
+                applications TEXT,
+                secret_sha256 BLOB NOT NULL UNIQUE,
+                prefix TEXT NOT NULL,
+                created_at INTEGER NOT NULL,
+                created_by TEXT,
+                revoked_at INTEGER,
+                last_used_at INTEGER
+            )
+            """,
+        )
+    ],
+    "postgresql": [
+        (
+            1,
+            """
+            CREATE TABLE auth_tokens (
+                id BIGSERIAL PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                role TEXT NOT NULL,
+                applications TEXT,
+                secret_sha256 BYTEA NOT NULL UNIQUE,
+                prefix TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                created_by TEXT,
+                revoked_at BIGINT,
+                last_used_at BIGINT
+            )
+            """,
+        )
+    ],
+}
+
+
+class TokenError(ValueError):
+    """A token cannot be created or revoked; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """What a token grants. ``applications`` is ``None`` for every application."""
+
+    name: str
+    role: str
+    applications: frozenset[str] | None = None
+    source: str = "database"  # or "settings"
+    revoked: bool = False
+
+
+@dataclass(slots=True)
+class TokenRow:
+    """A token as ``tokens list`` shows it (never the secret)."""
+
+    name: str
+    role: str
+    applications: list[str] | None
+    prefix: str
+    created_at: int | None
+    created_by: str | None = None
+    revoked_at: int | None = None
+    last_used_at: int | None = None
+    source: str = "database"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "role": self.role,
+            "applications": self.applications,
+            "prefix": self.prefix,
+            "source": self.source,
+            "created_at": format_time(self.created_at),
+            "created_by": self.created_by,
+            "revoked_at": format_time(self.revoked_at),
+            "last_used_at": format_time(self.last_used_at),
+            "status": "revoked" if self.revoked_at else "active",
+        }
+
+
+LIST_COLUMNS: tuple[str, ...] = (
+    "name",
+    "role",
+    "applications",
+    "status",
+    "prefix",
+    "source",
+    "created_at",
+    "created_by",
+    "last_used_at",
+    "revoked_at",
+)
+
+
+def secret_hash(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
+
+
+def new_secret() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise TokenError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    return role
+
+
+def settings_tokens(settings: Settings) -> dict[bytes, TokenInfo]:
+    """The tokens given by settings, by secret hash."""
+    out: dict[bytes, TokenInfo] = {}
+    if settings.admin_token is not None and settings.admin_token.get_secret_value().strip():
+        secret = settings.admin_token.get_secret_value().strip()
+        out[secret_hash(secret)] = TokenInfo("settings:admin", "admin", None, "settings")
+    if settings.ingest_tokens is not None:
+        parts = [p.strip() for p in settings.ingest_tokens.get_secret_value().split(",") if p.strip()]
+        for i, part in enumerate(parts, 1):
+            name, sep, secret = part.partition("=")
+            if not sep:
+                name, secret = f"ingest-{i}", part
+            name, secret = name.strip(), secret.strip()
+            if not secret:
+                raise TokenError(f"ingest_tokens entry {i} ({name}) has an empty secret")
+            out[secret_hash(secret)] = TokenInfo(f"settings:{name}", "ingest", None, "settings")
+    return out
+
+
+class TokenStore:
+    """Tokens in the database (table ``auth_tokens``) plus the ones from settings."""
+
+    def __init__(self, conns: dbutil.Connections, settings: Settings) -> None:
+        self._conns = conns
+        self._settings = settings_tokens(settings)
+
+    @property
+    def from_settings(self) -> dict[bytes, TokenInfo]:
+        return self._settings
+
+    def create(
+        self,
+        name: str,
+        role: str,
+        applications: Sequence[str] | None = None,
+        *,
+        created_by: str | None = None,
+    ) -> str:
+        """Create a token and return its secret (shown once; only its hash is kept)."""
+        if not _NAME.fullmatch(name or ""):
+            raise TokenError(
+                f"token name {name!r} is not valid: use 1-64 letters, digits, '.', '_', '@' or '-', "
+                "starting with a letter or digit"
+            )
+        check_role(role)
+        apps = sorted({a.strip() for a in applications or () if a.strip()}) or None
+        secret = new_secret()
+        conn = self._conns.get()
+        with dbutil.transaction(conn, lock="auth_tokens"):
+            if dbutil.one(conn, "SELECT 1 FROM auth_tokens WHERE name = ?", (name,)) is not None:
+                raise TokenError(
+                    f"a token named {name!r} exists already (names of revoked tokens stay taken, so the "
+                    "access log stays unambiguous): choose another name"
+                )
+            dbutil.execute(
+                conn,
+                "INSERT INTO auth_tokens(name, role, applications, secret_sha256, prefix, created_at,"
+                " created_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    role,
+                    json.dumps(apps) if apps else None,
+                    secret_hash(secret),
+                    secret[: len(TOKEN_PREFIX) + 6],
+                    int(time.time() * 1000),
+                    created_by,
+                ),
+            )
+        return secret
+
+    def revoke(self, name: str) -> None:
+        conn = self._conns.get()
+        with dbutil.transaction(conn, lock="auth_tokens"):
+            row = dbutil.one(conn, "SELECT revoked_at FROM auth_tokens WHERE name = ?", (name,))
+            if row is None:
+                if name.startswith("settings:"):
+                    raise TokenError(
+                        f"{name} comes from settings: remove it from admin_token / ingest_tokens and restart"
+                    )
+                raise TokenError(f"no token named {name!r}: see `spintrail tokens list`")
+            if row[0] is not None:
+                raise TokenError(f"token {name!r} is already revoked")
+            dbutil.execute(
+                conn,
+                "UPDATE auth_tokens SET revoked_at = ? WHERE name = ?",
+                (int(time.time() * 1000), name),
+            )
+
+    def list(self) -> list[TokenRow]:
+        out = [
+            TokenRow(
+                name=name,
+                role=role,
+                applications=json.loads(apps) if apps else None,
+                prefix=prefix,
+                created_at=created,
+                created_by=by,
+                revoked_at=revoked,
+                last_used_at=used,
+            )
+            for name, role, apps, prefix, created, by, revoked, used in dbutil.rows(
+                self._conns.get(),
+                "SELECT name, role, applications, prefix, created_at, created_by, revoked_at, last_used_at"
+                " FROM auth_tokens ORDER BY id",
+            )
+        ]
+        out += [
+            TokenRow(
+                name=t.name, role=t.role, applications=None, prefix="", created_at=None, source="settings"
+            )
+            for t in self._settings.values()
+        ]
+        return out
+
+    def lookup(self, secret: str) -> TokenInfo | None:
+        """The token with this secret (``revoked`` set when it was revoked), or ``None``."""
+        digest = secret_hash(secret)
+        found = self._settings.get(digest)
+        if found is not None:
+            return found
+        row = dbutil.one(
+            self._conns.get(),
+            "SELECT name, role, applications, revoked_at FROM auth_tokens WHERE secret_sha256 = ?",
+            (digest,),
+        )
+        if row is None:
+            return None
+        name, role, apps, revoked = row
+        return TokenInfo(
+            name=name,
+            role=role,
+            applications=frozenset(json.loads(apps)) if apps else None,
+            revoked=revoked is not None,
+        )
+
+    def active_count(self) -> int:
+        row = dbutil.one(self._conns.get(), "SELECT count(*) FROM auth_tokens WHERE revoked_at IS NULL")
+        return int(row[0]) + len(self._settings)
+
+    def touch(self, used: dict[str, int]) -> None:
+        """Record when tokens were last used (flushed in the background, at most once a minute)."""
+        if not used:
+            return
+        conn = self._conns.get()
+        with dbutil.transaction(conn):
+            for name, at in used.items():
+                dbutil.execute(
+                    conn,
+                    "UPDATE auth_tokens SET last_used_at = ? WHERE name = ? AND"
+                    " (last_used_at IS NULL OR last_used_at < ?)",
+                    (at, name, at),
+                )
