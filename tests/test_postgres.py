@@ -277,7 +277,7 @@ def test_database_unreachable_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_server_on_postgresql_end_to_end(server_factory: Any, pg_url: str) -> None:
-    server: Server = server_factory(pg_url)
+    server: Server = server_factory(pg_url, env={"SPINTRAIL_RAW_EVENTS": "keep"})
     assert server.get("/readyz").json() == {"status": "ready", "store": "postgresql"}
     r = server.post([event(1), event(2), event(1)])
     assert r.status_code == 200 and (r.json()["stored"], r.json()["duplicates"]) == (2, 1)

@@ -612,12 +612,15 @@ class PostgresStore(Store):
         event_rows = []
         for (item, row_id, raw_id), key in zip(rows, keys, strict=True):
             rec = item.record
-            base = self._cache.base_for(key)
-            blob = blobs.compress(item.raw, base[1] if base else None, base[0] if base else None)
             t = _clamp(rec.time)
-            raw_rows.append((raw_id, t, blob.codec, blob.base_id, blob.size, blob.sha256, blob.data))
-            new_blobs.add(raw_id)
-            self._cache.remember(key, raw_id, item.raw, base[2] + 1 if base else 0)
+            if item.keep_raw:
+                base = self._cache.base_for(key)
+                blob = blobs.compress(item.raw, base[1] if base else None, base[0] if base else None)
+                raw_rows.append((raw_id, t, blob.codec, blob.base_id, blob.size, blob.sha256, blob.data))
+                new_blobs.add(raw_id)
+                self._cache.remember(key, raw_id, item.raw, base[2] + 1 if base else 0)
+            else:
+                raw_id = None  # raw_events = drop: the record and its hash only
             tags = list(
                 dict.fromkeys(
                     f"{kind}:{clean_text(value)}"
