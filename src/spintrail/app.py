@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from spintrail import __version__, api, receive
+from spintrail import __version__, api, receive, web
 from spintrail.ingest import Ingestor
 from spintrail.metrics import Metrics
 from spintrail.settings import Settings
@@ -51,4 +51,5 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.state.ingestor = Ingestor(settings, store)
     app.include_router(receive.router)
     app.include_router(api.router)
+    web.mount(app)
     return app

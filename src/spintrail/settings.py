@@ -59,6 +59,12 @@ class Settings(BaseSettings):
         "with Retry-After so echo retries later.",
     )
     log_level: str = Field("info", description="Log level: debug, info, warning or error.")
+    production_accounts: str = Field(
+        "*prod*,!*nonprod*,!*non-prod*,!*preprod*,!*pre-prod*",
+        description="Which cloud accounts are production, for the production change and separation of "
+        "duties reports: comma-separated glob patterns, case-insensitive; a pattern starting with `!` "
+        "excludes.",
+    )
 
     @field_validator("ticket_pattern")
     @classmethod
