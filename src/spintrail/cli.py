@@ -488,8 +488,7 @@ def _report(
     **kwargs: Any,
 ) -> None:
     from spintrail.query import parse_time
-    from spintrail.report import ReportError, account_patterns
-    from spintrail.web import REPORT_TABLE_COLUMNS, run_report
+    from spintrail.report import REPORT_TABLE_COLUMNS, ReportError, account_patterns, run_report
 
     settings = settings_from(config, database=database)
     try:

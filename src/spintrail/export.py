@@ -78,7 +78,7 @@ def iter_export(store: Store, filters: Filters, fmt: str, *, page_size: int = PA
             yield chunk.encode("utf-8")
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
 def filename(filters: Filters, fmt: str, *, now_ms: int | None = None) -> str:

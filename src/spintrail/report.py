@@ -1098,3 +1098,82 @@ def timeline_of(store: Store, execution_id: str) -> Timeline | None:
     """An execution's timeline, or ``None`` when nothing of it is stored."""
     records = store.execution(execution_id)
     return build_timeline(execution_id, records) if records else None
+
+
+# --------------------------------------------------------------------------------------------------
+# one entry point for page, API and CLI
+# --------------------------------------------------------------------------------------------------
+
+#: How far back each report looks when no ``since`` is given ("" = all time).
+REPORT_DEFAULT_SINCE: dict[str, str] = {
+    "production-changes": "30d",
+    "separation-of-duties": "30d",
+    "unfinished": "30d",
+    "pipeline-history": "",
+    "lineage": "",
+}
+#: Columns shown in tables (CLI ``--format table`` and pages) for each report.
+REPORT_TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "production-changes": (
+        "first_change_at",
+        "application",
+        "description",
+        "changes",
+        "accounts",
+        "started_by",
+        "approved_by",
+        "tickets",
+        "status",
+    ),
+    "separation-of-duties": (
+        "finding",
+        "first_change_at",
+        "application",
+        "description",
+        "started_by",
+        "approved_by",
+        "tickets",
+        "accounts",
+        "status",
+    ),
+    "lineage": ("time", "server_group", "action", "user", "execution_id", "image", "capacity", "reason"),
+    "pipeline-history": ("time", "application", "kind", "name", "operation", "user", "version", "changed"),
+    "unfinished": (
+        "started_at",
+        "application",
+        "description",
+        "started_by",
+        "last_event_at",
+        "last_event",
+        "events",
+        "silent_ms",
+    ),
+}
+
+
+def run_report(
+    store: Store,
+    name: str,
+    *,
+    accounts: Sequence[str] = (),
+    since: int | None = None,
+    until: int | None = None,
+    application: Sequence[str] = (),
+    server_group: str | None = None,
+    cluster: str | None = None,
+    pipeline: str | None = None,
+) -> Report:
+    """One report by its name (``REPORTS``) with already-parsed parameters."""
+    if name == "production-changes":
+        return production_changes(store, accounts=accounts, since=since, until=until, application=application)
+    if name == "separation-of-duties":
+        return separation_of_duties(
+            store, accounts=accounts, since=since, until=until, application=application
+        )
+    if name == "lineage":
+        return lineage(store, server_group=server_group, cluster=cluster)
+    if name == "pipeline-history":
+        return pipeline_history(store, application=application, pipeline=pipeline, since=since, until=until)
+    if name == "unfinished":
+        return unfinished(store, since=since, until=until, application=application)
+    raise ReportError(f"no report named {name!r}: use one of {', '.join(REPORTS)}")

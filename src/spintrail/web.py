@@ -54,52 +54,7 @@ FORM_FILTERS: tuple[str, ...] = (
     "ticket",
     "instance",
 )
-#: How far back each report looks when no ``since`` is given ("" = all time).
-REPORT_DEFAULT_SINCE: dict[str, str] = {
-    "production-changes": "30d",
-    "separation-of-duties": "30d",
-    "unfinished": "30d",
-    "pipeline-history": "",
-    "lineage": "",
-}
-#: Columns shown in tables (CLI ``--format table`` and pages) for each report.
-REPORT_TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "production-changes": (
-        "first_change_at",
-        "application",
-        "description",
-        "changes",
-        "accounts",
-        "started_by",
-        "approved_by",
-        "tickets",
-        "status",
-    ),
-    "separation-of-duties": (
-        "finding",
-        "first_change_at",
-        "application",
-        "description",
-        "started_by",
-        "approved_by",
-        "tickets",
-        "accounts",
-        "status",
-    ),
-    "lineage": ("time", "server_group", "action", "user", "execution_id", "image", "capacity", "reason"),
-    "pipeline-history": ("time", "application", "kind", "name", "operation", "user", "version", "changed"),
-    "unfinished": (
-        "started_at",
-        "application",
-        "description",
-        "started_by",
-        "last_event_at",
-        "last_event",
-        "events",
-        "silent_ms",
-    ),
-}
-LIVE_STREAM_SECONDS = 25.0
+LIVE_STREAM_SECONDS = 15.0
 LIVE_POLL_SECONDS = 1.0
 RAW_DISPLAY_MAX = 2_000_000
 
@@ -517,42 +472,10 @@ def _bad_request(message: str) -> Response:
 # --------------------------------------------------------------------------------------------------
 
 
-def run_report(
-    store: Store,
-    name: str,
-    *,
-    accounts: Sequence[str] = (),
-    since: int | None = None,
-    until: int | None = None,
-    application: Sequence[str] = (),
-    server_group: str | None = None,
-    cluster: str | None = None,
-    pipeline: str | None = None,
-) -> report.Report:
-    """One report by its name (``report.REPORTS``) with already-parsed parameters."""
-    if name == "production-changes":
-        return report.production_changes(
-            store, accounts=accounts, since=since, until=until, application=application
-        )
-    if name == "separation-of-duties":
-        return report.separation_of_duties(
-            store, accounts=accounts, since=since, until=until, application=application
-        )
-    if name == "lineage":
-        return report.lineage(store, server_group=server_group, cluster=cluster)
-    if name == "pipeline-history":
-        return report.pipeline_history(
-            store, application=application, pipeline=pipeline, since=since, until=until
-        )
-    if name == "unfinished":
-        return report.unfinished(store, since=since, until=until, application=application)
-    raise report.ReportError(f"no report named {name!r}: use one of {', '.join(report.REPORTS)}")
-
-
 def _report_args(name: str, params: Mapping[str, Sequence[str]], default_accounts: str) -> dict[str, Any]:
     if name not in report.REPORTS:
         raise report.ReportError(f"no report named {name!r}: use one of {', '.join(report.REPORTS)}")
-    since, until, since_text = _range(params, REPORT_DEFAULT_SINCE[name])
+    since, until, since_text = _range(params, report.REPORT_DEFAULT_SINCE[name])
     accounts = report.account_patterns(params.get("accounts") or default_accounts)
     return {
         "accounts": accounts,
@@ -599,7 +522,7 @@ async def report_page(request: Request, name: str) -> Response:
     error: str | None = None
     if not needs_target:
         try:
-            rep = await run_in_threadpool(lambda: run_report(_store(request), name, **args))
+            rep = await run_in_threadpool(lambda: report.run_report(_store(request), name, **args))
         except report.ReportError as exc:
             error = str(exc)
     return render(
@@ -613,7 +536,7 @@ async def report_page(request: Request, name: str) -> Response:
         params=params,
         args=args,
         since_text=since_text,
-        table_columns=REPORT_TABLE_COLUMNS[name],
+        table_columns=report.REPORT_TABLE_COLUMNS[name],
         default_accounts=settings.production_accounts,
     )
 
@@ -637,7 +560,7 @@ async def report_api(request: Request, name: str) -> Response:
         return api_error(404, "not_found", str(exc))
     args.pop("since_text")
     try:
-        rep = await run_in_threadpool(lambda: run_report(_store(request), name, **args))
+        rep = await run_in_threadpool(lambda: report.run_report(_store(request), name, **args))
     except report.ReportError as exc:
         return api_error(400, "bad_parameters", str(exc))
     except StoreUnavailable as exc:
