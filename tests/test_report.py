@@ -178,16 +178,21 @@ def test_pipeline_history_lists_every_save_with_its_author(
 ) -> None:
     facts = simulated.facts
     rep = report.pipeline_history(store, since=simulated.since)
-    expected = {
-        k: e
-        for k, e in facts.executions.items()
-        if set(e["stage_types"]) & set(report.CONFIG_STAGE_TYPES) and e["status"] in ("SUCCEEDED", "TERMINAL")
+    candidates = {
+        k: e for k, e in facts.executions.items() if set(e["stage_types"]) & set(report.CONFIG_STAGE_TYPES)
     }
+    finished = {k for k, e in candidates.items() if e["status"] in ("SUCCEEDED", "TERMINAL")}
     got = {r["execution_id"]: r for r in rep.rows}
-    assert set(got) == set(expected)
+    # every save that ran to an end is there; a canceled one if its stage got to report an end, and one
+    # whose run's own end event was dropped (the save itself did report)
+    assert finished <= set(got) <= set(candidates)
+    for k in set(got) - finished:
+        assert got[k]["status"] == "CANCELED" or candidates[k]["final_event_dropped"], k
     for eid, row in got.items():
-        assert row["user"] == person(expected[eid]["user"])
-        assert row["operation"] in expected[eid]["stage_types"]
+        assert row["user"] == person(candidates[eid]["user"])
+        assert row["operation"] in candidates[eid]["stage_types"]
+        if candidates[eid]["status"] == "SUCCEEDED":
+            assert row["status"] == "SUCCEEDED" and row["version"] is not None
     times = [r["time"] for r in rep.rows]
     assert times == sorted(times, reverse=True), "newest first"
 
@@ -213,7 +218,7 @@ def test_pipeline_history_diffs_consecutive_versions(store: SqliteStore, simulat
             changed = [x for x in lines if x[:1] in "+-" and x[:3] not in ("+++", "---")]
             # only real configuration changes, never the timestamps that change on every save
             assert all("updateTs" not in x and "lastModifiedBy" not in x for x in changed)
-    apps = [r for r in rep.rows if r["kind"] == "application"]
+    apps = [r for r in rep.rows if r["kind"] == "application" and r["status"] == "SUCCEEDED"]
     assert apps and all(r["diff"] and '"instancePort"' in r["diff"] for r in apps)
     one = next(iter(by_id))
     only = report.pipeline_history(store, pipeline=one)
@@ -244,7 +249,7 @@ def test_unfinished_are_exactly_the_runs_without_an_end(store: SqliteStore, simu
     for row in rep.rows:
         fact = facts.executions[row["execution_id"]]
         assert row["started_by"] == person(fact["user"])
-        assert row["events"] == fact["events"]
+        assert row["events"] == len(store.execution(row["execution_id"])) >= fact["events"]
         assert row["silent_ms"] >= 0 and row["last_event_at"] >= row["started_at"]
     # a run whose end falls after `until` is not unfinished: ends are looked up without the period
     ended = next(e for e in facts.executions.values() if e["end_time"] and not e["final_event_dropped"])

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,10 +56,11 @@ def _planted(simulated: SimulatedData) -> str:
 
 def test_pages_render(simulated_server: Server, simulated: SimulatedData) -> None:
     s = simulated_server
+    app = Counter(e["application"] for e in simulated.facts.executions.values()).most_common(1)[0][0]
     home = s.get("/", follow_redirects=False)
     assert home.status_code == 302 and home.headers["location"] == "/search?since=24h"
     for path, marker in [
-        ("/search?since=30d&application=fraud", 'id="results"'),
+        (f"/search?since=30d&application={app}", 'id="results"'),
         ("/search?q=prod&since=30d", 'id="results"'),
         ("/events/1", "Raw event as received"),
         (f"/executions/{_planted(simulated)}", 'id="timeline"'),
@@ -275,8 +277,10 @@ def test_browser_search_filters_and_facets(
     assert first + second == every[:40]
 
 
-def test_browser_event_detail_and_raw_download(page: Any, simulated_server: Server, tmp_path: Path) -> None:
-    page.goto(simulated_server.url + "/search?since=30d&type=orca:stage:complete")
+def test_browser_event_detail_and_raw_download(
+    page: Any, simulated_server: Server, simulated: SimulatedData, tmp_path: Path
+) -> None:
+    page.goto(simulated_server.url + f"/search?execution_id={_planted(simulated)}&type=orca:stage:complete")
     page.locator("#results td.c-time a").first.click()
     page.wait_for_url("**/events/*")
     ref = page.url.rsplit("/", 1)[-1]

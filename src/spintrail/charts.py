@@ -111,9 +111,9 @@ def _legend(names: Sequence[str], x: float, y: float) -> list[str]:
     for i, name in enumerate(names):
         out.append(
             f'<rect x="{x:.1f}" y="{y - 9:.1f}" width="10" height="10" rx="2" fill="{color(name, i)}"/>'
-            f'<text x="{x + 14:.1f}" y="{y:.1f}" font-size="11" fill="#333">{escape(name)}</text>'
+            f'<text x="{x + 14:.1f}" y="{y:.1f}" font-size="12.5" fill="#333">{escape(name)}</text>'
         )
-        x += 24 + 6.5 * len(name)
+        x += 26 + 7.2 * len(name)
     return out
 
 
@@ -137,7 +137,7 @@ def stacked_bars(
         y = top + plot_h - plot_h * v / ymax
         body.append(
             f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e7eb"/>'
-            f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end" fill="#666">'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11.5" text-anchor="end" fill="#666">'
             f"{fmt_int(v)}</text>"
         )
     slot = plot_w / n
@@ -165,7 +165,7 @@ def stacked_bars(
         )
         if i % every == 0:
             body.append(
-                f'<text x="{x + bar / 2:.1f}" y="{height - bottom + 14}" font-size="10" '
+                f'<text x="{x + bar / 2:.1f}" y="{height - bottom + 14}" font-size="11.5" '
                 f'text-anchor="middle" fill="#666">{escape(_short_day(cat))}</text>'
             )
     body.append(
@@ -276,7 +276,7 @@ def line(
         y = top + plot_h - plot_h * v / ymax
         body.append(
             f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e7eb"/>'
-            f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end" fill="#666">'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11.5" text-anchor="end" fill="#666">'
             f"{escape(value_format(v))}</text>"
         )
     slot = plot_w / n
@@ -287,7 +287,7 @@ def line(
         x = left + slot * i + slot / 2
         if i % every == 0:
             body.append(
-                f'<text x="{x:.1f}" y="{height - bottom + 14}" font-size="10" text-anchor="middle" '
+                f'<text x="{x:.1f}" y="{height - bottom + 14}" font-size="11.5" text-anchor="middle" '
                 f'fill="#666">{escape(_short_day(cat))}</text>'
             )
         v = values[i] if i < len(values) else None

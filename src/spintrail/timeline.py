@@ -81,13 +81,15 @@ def build_timeline(execution_id: str, records: list[AuditRecord]) -> Timeline:
     else:
         t.status = "RUNNING"
     # The initiator: the user of the run-level start, else the most frequent user of run-level events,
-    # else of any event but manual judgments.
+    # else of any event but cancellations and manual judgments.
     if starting and starting[0].user:
         t.user = starting[0].user
     else:
-        run_level = [r.user for r in ordered if _level(r) and r.user]
-        # a judge is not the initiator: leave manual-judgment events out of the last resort
-        users = run_level or [r.user for r in ordered if r.user and r.stage_type != "manualJudgment"]
+        # a canceller or a judge is not the initiator: cancellations and judgments name them instead
+        run_level = [r.user for r in ordered if _level(r) and r.user and r.status != "CANCELED"]
+        users = run_level or [
+            r.user for r in ordered if r.user and r.status != "CANCELED" and r.stage_type != "manualJudgment"
+        ]
         if users:
             t.user = Counter(users).most_common(1)[0][0]
     if t.description is None:
