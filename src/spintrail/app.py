@@ -8,7 +8,18 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from spintrail import __version__, api, auth, forward, forward_api, receive, receive_hec, retention, trust_api
+from spintrail import (
+    __version__,
+    api,
+    auth,
+    forward,
+    forward_api,
+    receive,
+    receive_hec,
+    retention,
+    trust_api,
+    web,
+)
 from spintrail.ingest import Ingestor
 from spintrail.metrics import Metrics
 from spintrail.settings import Settings
@@ -67,4 +78,5 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(receive_hec.router)
     app.include_router(forward_api.router)
     trust_api.setup(app)
+    web.mount(app)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import inspect
 import logging
@@ -594,3 +595,242 @@ app.add_typer(sinks_app, name="sinks")
 
 # The trust commands (tokens, access-log, hash, keys, checkpoint, verify, proof, verify-proof, consistency).
 from spintrail import trust_cli  # noqa: E402, F401
+
+# -- reports and exports ---------------------------------------------------------------------------
+
+report_app = typer.Typer(
+    help="Reports for audits and incident reviews (the same as the web app's and GET /api/v1/reports/...).",
+    no_args_is_help=True,
+)
+app.add_typer(report_app, name="report")
+
+AccountsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--accounts",
+        help="Production accounts: comma-separated glob patterns, ! excludes (default: the "
+        "production_accounts setting).",
+    ),
+]
+SinceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--since", help="From this time: RFC 3339, epoch ms, or relative such as 24h, 7d (default 30d)."
+    ),
+]
+SinceAllOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--since", help="From this time: RFC 3339, epoch ms, or relative such as 24h, 7d (default: all)."
+    ),
+]
+UntilOpt = Annotated[
+    str | None, typer.Option("--until", help="Up to this time (exclusive), same forms as --since.")
+]
+ApplicationOpt = Annotated[
+    list[str] | None, typer.Option("--application", help="Only these Spinnaker applications (repeatable).")
+]
+
+
+def _report(
+    name: str,
+    fmt: Format,
+    database: str | None,
+    config: Path | None,
+    *,
+    since: str | None = None,
+    until: str | None = None,
+    default_since: str | None = None,
+    **kwargs: Any,
+) -> None:
+    from spintrail.query import parse_time
+    from spintrail.report import REPORT_TABLE_COLUMNS, ReportError, account_patterns, run_report
+
+    settings = settings_from(config, database=database)
+    try:
+        since_ms = parse_time(since or default_since, name="since") if (since or default_since) else None
+        until_ms = parse_time(until, name="until") if until else None
+    except FilterError as exc:
+        raise fail(str(exc), 2) from None
+    if "accounts" in kwargs:
+        kwargs["accounts"] = account_patterns(kwargs["accounts"] or settings.production_accounts)
+    kwargs["application"] = tuple(kwargs.get("application") or ())
+    store = open_store_or_exit(settings)
+    try:
+        rep = run_report(store, name, since=since_ms, until=until_ms, **kwargs)
+    except ReportError as exc:
+        raise fail(str(exc), 2) from None
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        store.close()
+    emit(
+        rep.rows,
+        rep.columns,
+        fmt,
+        title=f"{rep.title}: {len(rep.rows)} rows",
+        table_columns=REPORT_TABLE_COLUMNS[name],
+    )
+
+
+@report_app.command("production-changes")
+def report_production_changes(
+    accounts: AccountsOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    application: ApplicationOpt = None,
+    database: DatabaseOpt = None,
+    config: ConfigOpt = None,
+    format: FormatOpt = Format.table,
+) -> None:
+    """Every deploy, resize, enable/disable, destroy, rollback and manifest change in production accounts,
+    with who started it, who approved it, the tickets and the result."""
+    _report(
+        "production-changes",
+        format,
+        database,
+        config,
+        since=since,
+        until=until,
+        default_since="30d",
+        accounts=accounts,
+        application=application,
+    )
+
+
+@report_app.command("separation-of-duties")
+def report_separation_of_duties(
+    accounts: AccountsOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    application: ApplicationOpt = None,
+    database: DatabaseOpt = None,
+    config: ConfigOpt = None,
+    format: FormatOpt = Format.table,
+) -> None:
+    """Production changes approved by the person who started them, and those with no approval or no
+    ticket."""
+    _report(
+        "separation-of-duties",
+        format,
+        database,
+        config,
+        since=since,
+        until=until,
+        default_since="30d",
+        accounts=accounts,
+        application=application,
+    )
+
+
+@report_app.command("lineage")
+def report_lineage(
+    server_group: Annotated[
+        str | None, typer.Option("--server-group", help="One server group, e.g. checkout-prod-v042.")
+    ] = None,
+    cluster: Annotated[
+        str | None, typer.Option("--cluster", help="A cluster: every server group in it, e.g. checkout-prod.")
+    ] = None,
+    database: DatabaseOpt = None,
+    config: ConfigOpt = None,
+    format: FormatOpt = Format.table,
+) -> None:
+    """The history of a cluster or server group: each version, who created it, through which execution,
+    with which image; when it was resized, disabled, destroyed and by whom."""
+    _report("lineage", format, database, config, server_group=server_group, cluster=cluster)
+
+
+@report_app.command("pipeline-history")
+def report_pipeline_history(
+    application: ApplicationOpt = None,
+    pipeline: Annotated[str | None, typer.Option("--pipeline", help="One pipeline, by name or id.")] = None,
+    since: SinceAllOpt = None,
+    until: UntilOpt = None,
+    database: DatabaseOpt = None,
+    config: ConfigOpt = None,
+    format: FormatOpt = Format.table,
+) -> None:
+    """Every save, update and delete of a pipeline and every application update, by whom, with a diff
+    against the previous version (the diff column is in --format json and csv)."""
+    _report(
+        "pipeline-history",
+        format,
+        database,
+        config,
+        since=since,
+        until=until,
+        application=application,
+        pipeline=pipeline,
+    )
+
+
+@report_app.command("unfinished")
+def report_unfinished(
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    application: ApplicationOpt = None,
+    database: DatabaseOpt = None,
+    config: ConfigOpt = None,
+    format: FormatOpt = Format.table,
+) -> None:
+    """Executions that started but never reported an end (still running, or echo dropped the event)."""
+    _report(
+        "unfinished",
+        format,
+        database,
+        config,
+        since=since,
+        until=until,
+        default_since="30d",
+        application=application,
+    )
+
+
+class ExportFormat(enum.StrEnum):
+    """Export file formats."""
+
+    csv = "csv"
+    ndjson = "ndjson"
+
+
+@app.command("export")
+@with_filter_options
+def export_(
+    *,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file (default: standard output).")
+    ] = None,
+    format: Annotated[ExportFormat, typer.Option("--format", help="csv or ndjson.")] = ExportFormat.csv,
+    database: DatabaseOpt = None,
+    config: ConfigOpt = None,
+    filters: Filters,
+) -> None:
+    """Export every record matching the filters (those of search) as CSV or NDJSON, streamed page by page;
+    columns are the record's field names (docs/exports.md)."""
+    from spintrail.export import iter_export
+
+    settings = settings_from(config, database=database)
+    store = open_store_or_exit(settings)
+    written = 0
+    try:
+        if output is None:
+            for chunk in iter_export(store, filters, format.value):
+                sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+            return
+        with (
+            output.open("wb") as fp,
+            Progress(TextColumn("export"), TextColumn("{task.completed} bytes"), console=err) as progress,
+        ):
+            task = progress.add_task("export", total=None)
+            for chunk in iter_export(store, filters, format.value):
+                fp.write(chunk)
+                written += len(chunk)
+                progress.update(task, completed=written)
+        err.print(f"wrote {written} bytes to {output}")
+    except OSError as exc:
+        raise fail(f"cannot write {output}: {exc}") from None
+    except (StoreError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    finally:
+        store.close()

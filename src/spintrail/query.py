@@ -18,6 +18,7 @@ COLUMN_FILTERS: dict[str, str] = {
     "execution_id": "execution_id",
     "source": "source",
     "instance": "spinnaker_instance",
+    "stage_type": "stage_type",
 }
 
 #: Filters matched against one element of a list field.
@@ -40,6 +41,7 @@ FILTER_NAMES: tuple[str, ...] = (
     "cluster",
     "namespace",
     "type",
+    "stage_type",
     "status",
     "execution_id",
     "source",
@@ -59,6 +61,7 @@ FILTER_HELP: dict[str, str] = {
     "cluster": "a cluster touched (exact)",
     "namespace": "a Kubernetes namespace touched (exact)",
     "type": "event type, exact or a prefix ending in * such as orca:pipeline:*",
+    "stage_type": "stage type, e.g. deploy, resizeServerGroup, manualJudgment (exact)",
     "status": "Spinnaker status, e.g. SUCCEEDED, TERMINAL, CANCELED",
     "execution_id": "one pipeline or orchestration run",
     "source": "event source: orca, igor, github, ...",
@@ -92,6 +95,7 @@ class Filters:
     cluster: tuple[str, ...] = ()
     namespace: tuple[str, ...] = ()
     type: tuple[str, ...] = ()
+    stage_type: tuple[str, ...] = ()
     status: tuple[str, ...] = ()
     execution_id: tuple[str, ...] = ()
     source: tuple[str, ...] = ()

@@ -220,6 +220,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+    production_accounts: str = Field(
+        "*prod*,!*nonprod*,!*non-prod*,!*preprod*,!*pre-prod*",
+        description="Which cloud accounts are production, for the production change and separation of "
+        "duties reports: comma-separated glob patterns, case-insensitive; a pattern starting with `!` "
+        "excludes.",
+    )
 
     @field_validator("ticket_pattern")
     @classmethod

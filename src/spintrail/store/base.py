@@ -16,14 +16,18 @@ import binascii
 import dataclasses
 import functools
 import inspect
-from collections.abc import Callable, Sequence
+import itertools
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from spintrail import scope
 from spintrail.query import Filters
-from spintrail.record import AuditRecord
+from spintrail.record import API_FIELDS, LIST_FIELDS, AuditRecord
 
 
 class StoreError(Exception):
@@ -103,6 +107,33 @@ class StoreStats:
     raw_bytes: int = 0
     stored_raw_bytes: int = 0
     extra: dict[str, int] = field(default_factory=dict)
+
+
+#: A computed field ``select`` and ``count_by`` accept besides the record's own: the UTC date of ``time``
+#: as ``YYYY-MM-DD``.
+DAY = "day"
+
+#: Every field name ``select`` and ``count_by`` accept.
+SELECTABLE: tuple[str, ...] = (*API_FIELDS, DAY)
+
+
+def check_fields(fields: Sequence[str]) -> None:
+    """``ValueError`` naming the first field ``select``/``count_by`` does not know."""
+    for f in fields:
+        if f not in SELECTABLE:
+            raise ValueError(f"unknown field {f!r}: use one of {', '.join(SELECTABLE)}")
+
+
+def utc_day(ms: int) -> str:
+    """The UTC date of epoch milliseconds, ``YYYY-MM-DD``."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d")
+
+
+def field_value(record: AuditRecord, name: str) -> Any:
+    """One ``SELECTABLE`` field of a record (``day`` computed from ``time``)."""
+    if name == DAY:
+        return utc_day(record.time)
+    return getattr(record, name)
 
 
 def encode_cursor(time: int, id_: int) -> str:
@@ -250,6 +281,71 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def execution(self, execution_id: str) -> list[AuditRecord]:
         """Every record of one execution, ordered by event time then id."""
+
+    # -- aggregates and scans for pages, reports and exports -----------------------------------------
+    #
+    # The defaults below are correct for any backend because they are built on ``search`` (keyset pages),
+    # but they read every matching record; a backend should override them with its own queries.
+
+    def iter_search(self, filters: Filters, *, page_size: int = 1000) -> Iterator[AuditRecord]:
+        """Every record matching the filters, newest first, read one keyset page at a time.
+
+        Memory stays bounded by ``page_size`` however many records match, and no read transaction is held
+        between pages (writers and checkpoints are never blocked by a long export).
+        """
+        cursor: str | None = None
+        while True:
+            page = self.search(filters, limit=page_size, cursor=cursor)
+            yield from page.records
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    def select(self, filters: Filters, fields: Sequence[str]) -> Iterator[tuple[Any, ...]]:
+        """Only some fields (``SELECTABLE`` names) of every matching record, newest first, as tuples.
+
+        List fields come as lists. Cheaper than whole records where a backend overrides it.
+        """
+        check_fields(fields)
+        for record in self.iter_search(filters):
+            yield tuple(field_value(record, f) for f in fields)
+
+    def count_by(
+        self, filters: Filters, by: Sequence[str], *, limit: int | None = None
+    ) -> list[tuple[tuple[Any, ...], int]]:
+        """How many matching records have each combination of values of the ``by`` fields.
+
+        A list field counts each of its values once per record (a record touching two accounts counts for
+        both); records with an empty list are not counted. Largest counts first, ties by value.
+        """
+        check_fields(by)
+        counts: Counter[tuple[Any, ...]] = Counter()
+        for row in self.select(filters, by):
+            parts = [
+                list(dict.fromkeys(v)) if name in LIST_FIELDS else [v]
+                for name, v in zip(by, row, strict=True)
+            ]
+            for combo in itertools.product(*parts):
+                counts[combo] += 1
+        ordered = sorted(counts.items(), key=lambda kv: (-kv[1], tuple(str(v) for v in kv[0])))
+        return ordered[:limit] if limit is not None else ordered
+
+    def tail(self, after_id: int, filters: Filters | None = None, *, limit: int = 100) -> list[AuditRecord]:
+        """Records stored after store id ``after_id`` (what arrived since), oldest first, at most ``limit``.
+
+        The default looks at records of the last day only; a backend should override it.
+        """
+        base = filters or Filters()
+        day_ago = int(time.time() * 1000) - 86_400_000
+        recent = dataclasses.replace(base, since=max(base.since or day_ago, day_ago))
+        found = [r for r in self.iter_search(recent) if r.id is not None and r.id > after_id]
+        found.sort(key=lambda r: r.id or 0)
+        return found[:limit]
+
+    def last_id(self) -> int:
+        """The highest store id so far (0 when empty). The default looks at the newest records by time."""
+        page = self.search(Filters(), limit=1000)
+        return max((r.id or 0 for r in page.records), default=0)
 
     @abc.abstractmethod
     def ping(self) -> None:

@@ -15,7 +15,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,7 @@ from spintrail.query import COLUMN_FILTERS, LIST_FILTERS, Filters, type_pattern
 from spintrail.record import LIST_FIELDS, TEXT_FIELDS, AuditRecord
 from spintrail.store import blobs
 from spintrail.store.base import (
+    DAY,
     AppendResult,
     Page,
     PreparedEvent,
@@ -35,6 +36,7 @@ from spintrail.store.base import (
     StoreStats,
     StoreUnavailable,
     Written,
+    check_fields,
     decode_cursor,
     encode_cursor,
 )
@@ -90,6 +92,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
 ]
+
+#: Indexes for the web pages and reports (stage-type filters), kept as their own component so they
+#: version independently of the events schema.
+REPORT_MIGRATIONS: list[tuple[int, str]] = [
+    (1, "CREATE INDEX IF NOT EXISTS events_stage_type ON events(stage_type, time, id)"),
+]
+
+_DAY_SQL = "strftime('%Y-%m-%d', {t} / 1000, 'unixepoch')"
+_TAG_KIND = {field_name: kind for kind, field_name in LIST_FILTERS.items()}
 
 
 @dataclass(slots=True)
@@ -166,6 +177,7 @@ class SqliteStore(Store):
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         migrate(conn, "events", MIGRATIONS)
+        migrate(conn, "events-reports", REPORT_MIGRATIONS)
 
     def migrate_component(self, component: str, migrations: Sequence[tuple[int, str]]) -> None:
         """Apply another component's schema migrations (forwarding outbox, integrity log) to this file."""
@@ -418,6 +430,73 @@ class SqliteStore(Store):
     def execution(self, execution_id: str) -> list[AuditRecord]:
         rows = self._read(_SELECT + " WHERE execution_id = ? ORDER BY time, id", (execution_id,))
         return [_row_to_record(r) for r in rows]
+
+    def select(self, filters: Filters, fields: Sequence[str]) -> Iterator[tuple[Any, ...]]:
+        check_fields(fields)
+        where, args = self._where(filters)
+        if where is None:
+            return
+        exprs = [_DAY_SQL.format(t="time") if f == DAY else f'"{f}"' for f in fields]
+        lists = [i for i, f in enumerate(fields) if f in LIST_FIELDS]
+        position: tuple[int, int] | None = None
+        chunk = 2000
+        while True:
+            conds = list(where)
+            page_args = list(args)
+            if position is not None:
+                conds.append("(time, id) < (?, ?)")
+                page_args += list(position)
+            sql = f"SELECT time, id, {', '.join(exprs)} FROM events"
+            sql += (" WHERE " + " AND ".join(conds) if conds else "") + " ORDER BY time DESC, id DESC LIMIT ?"
+            rows = self._read(sql, [*page_args, chunk])
+            for row in rows:
+                values = list(row[2:])
+                for i in lists:
+                    values[i] = json.loads(values[i])
+                yield tuple(values)
+            if len(rows) < chunk:
+                return
+            position = (rows[-1][0], rows[-1][1])
+
+    def count_by(
+        self, filters: Filters, by: Sequence[str], *, limit: int | None = None
+    ) -> list[tuple[tuple[Any, ...], int]]:
+        check_fields(by)
+        list_fields = [f for f in by if f in LIST_FIELDS]
+        if len(list_fields) > 1:
+            return super().count_by(filters, by, limit=limit)
+        where, args = self._where(filters)
+        if where is None:
+            return []
+        exprs = []
+        for f in by:
+            if f == DAY:
+                exprs.append(_DAY_SQL.format(t="e.time"))
+            elif f in LIST_FIELDS:
+                exprs.append("t.value")
+            else:
+                exprs.append(f'e."{f}"')
+        inner = "SELECT * FROM events" + (" WHERE " + " AND ".join(where) if where else "")
+        sql = f"SELECT {', '.join(exprs)}, count(*) AS n FROM ({inner}) AS e"
+        if list_fields:
+            sql += " JOIN event_tags AS t ON t.event_row = e.id AND t.kind = ?"
+            args = [*args, _TAG_KIND[list_fields[0]]]
+        group = ", ".join(str(i + 1) for i in range(len(by)))
+        sql += f" GROUP BY {group} ORDER BY n DESC, {group}"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args = [*args, limit]
+        return [(tuple(row[:-1]), row[-1]) for row in self._read(sql, args)]
+
+    def tail(self, after_id: int, filters: Filters | None = None, *, limit: int = 100) -> list[AuditRecord]:
+        where, args = self._where(filters or Filters())
+        if where is None:
+            return []
+        sql = _SELECT + " WHERE " + " AND ".join(["id > ?", *where]) + " ORDER BY id LIMIT ?"
+        return [_row_to_record(r) for r in self._read(sql, [after_id, *args, limit])]
+
+    def last_id(self) -> int:
+        return int(self._read("SELECT coalesce(max(id), 0) FROM events")[0][0])
 
     def ping(self) -> None:
         self._read("SELECT 1")
