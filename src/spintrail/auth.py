@@ -111,6 +111,20 @@ RULES: dict[str, Rule] = {
     "GET /api/v1/integrity/proof/{ref}": Rule("auditor", log="proof"),
     "GET /api/v1/integrity/consistency": AUDITOR,
     "POST /api/v1/integrity/verify": Rule("auditor", all_apps=True, log="verify"),
+    # pages (a browser signs in with Basic auth: any user name, the token as password)
+    "GET /": VIEWER,
+    "GET /search": VIEWER,
+    "GET /events/{ref}": VIEWER,  # the raw event is shown (and logged) for auditors only
+    "GET /executions/{execution_id}": VIEWER,
+    "GET /dashboard": VIEWER,
+    "GET /api/v1/dashboard": VIEWER,
+    "GET /live": VIEWER,
+    "GET /live/stream": VIEWER,
+    # reports and exports
+    "GET /reports": AUDITOR,
+    "GET /reports/{name}": Rule("auditor", log="report"),
+    "GET /api/v1/reports/{name}": Rule("auditor", log="report"),
+    "GET /api/v1/export": Rule("auditor", log="export"),
     # administration
     "GET /api/v1/tokens": ADMIN,
     "* /api/v1/sinks*": ADMIN,
@@ -118,7 +132,7 @@ RULES: dict[str, Rule] = {
 
 #: Routes that are not API routes (no dependencies run there) and are public by design.
 PUBLIC_NON_API_PATHS: frozenset[str] = frozenset(
-    {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+    {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/static"}
 )
 
 
@@ -152,7 +166,9 @@ class AuthError(Exception):
 
 
 def auth_error_response(request: Request, exc: AuthError) -> JSONResponse:
-    headers = {"WWW-Authenticate": 'Bearer realm="spintrail"'} if exc.status == 401 else {}
+    # Basic first, so a browser opening a page asks for the token (as the password) itself.
+    challenge = 'Basic realm="spintrail", Bearer realm="spintrail"'
+    headers = {"WWW-Authenticate": challenge} if exc.status == 401 else {}
     if request.url.path.startswith("/services/collector"):
         from spintrail.splunk import HEC_CODES
 

@@ -23,7 +23,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from spintrail import charts, export, report
+from spintrail import auth, charts, export, report
 from spintrail.output import cell
 from spintrail.query import FILTER_HELP, FilterError, Filters, parse_limit, parse_time
 from spintrail.record import API_FIELDS, AuditRecord, format_time
@@ -282,7 +282,12 @@ async def event_page(request: Request, ref: str) -> Response:
     record = await _find(store, ref)
     if record is None or record.id is None:
         return _error(request, 404, f"No event with id or event_id {ref!r}.")
-    raw = await run_in_threadpool(store.raw, record.id)
+    principal = auth.principal_of(request)
+    raw: bytes | None = None
+    if principal is None or principal.can("auditor"):
+        # The raw event is shown to auditors and admins only, and their read is logged (as in the API).
+        await auth.record_access(request, "event", target=record.event_id)
+        raw = await run_in_threadpool(store.raw, record.id)
     pretty: str | None = None
     if raw is not None and len(raw) <= RAW_DISPLAY_MAX:
         try:
