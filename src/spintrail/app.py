@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from spintrail import __version__, api, receive
+from spintrail import __version__, api, lifecycle, receive
+from spintrail.guard import InflightBytes
 from spintrail.ingest import Ingestor
 from spintrail.metrics import Metrics
 from spintrail.settings import Settings
@@ -17,8 +18,13 @@ from spintrail.store import Store, open_store
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
-    """The application. When ``store`` is not given, it is opened from ``settings.database`` at start-up."""
+def create_app(
+    settings: Settings | None = None, store: Store | None = None, *, close_store: bool = False
+) -> FastAPI:
+    """The application. When ``store`` is not given, it is opened from ``settings.database`` at start-up.
+
+    A store opened here, or given with ``close_store=True``, is closed at shutdown after the shutdown hooks.
+    """
     settings = settings or Settings()
     metrics = Metrics()
 
@@ -30,13 +36,16 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                 settings.database, batch_max=settings.commit_batch_max, queue_max=settings.write_queue_max
             )
         app.state.store.commit_observer = metrics.observe_commit
+        metrics.watch(app.state.store, app.state.inflight)
         app.state.ingestor = Ingestor(settings, app.state.store)
         log.info("spintrail %s: store %s ready", __version__, app.state.store.backend)
         try:
             yield
         finally:
-            if own:
+            await lifecycle.run_shutdown_hooks(app, settings.shutdown_grace_seconds)
+            if own or close_store:
                 app.state.store.close()
+                log.info("store closed: everything queued is committed")
 
     app = FastAPI(
         title="spintrail",
@@ -47,6 +56,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.store = store
+    app.state.inflight = InflightBytes(settings.max_inflight_bytes)
+    app.state.shutdown_hooks = []
     if store is not None:
         app.state.ingestor = Ingestor(settings, store)
     app.include_router(receive.router)
