@@ -99,8 +99,10 @@ def test_idle_connection_is_closed_after_the_header_deadline(server_factory: Any
         sock.close()
 
 
-def test_kept_alive_connection_still_works_and_a_slow_second_request_is_cut(server_factory: Any) -> None:
-    server: Server = server_factory(env={**FAST, "SPINTRAIL_KEEP_ALIVE_TIMEOUT_SECONDS": "30"})
+def test_kept_alive_connection_still_works_and_a_stalled_next_request_is_cut(server_factory: Any) -> None:
+    server: Server = server_factory(
+        env={"SPINTRAIL_HEADER_READ_TIMEOUT_SECONDS": "2", "SPINTRAIL_KEEP_ALIVE_TIMEOUT_SECONDS": "30"}
+    )
     body = json.dumps(stage_event(7)).encode()
     sock = socket.create_connection(("127.0.0.1", server.port))
     try:
@@ -108,13 +110,23 @@ def test_kept_alive_connection_still_works_and_a_slow_second_request_is_cut(serv
             sock.sendall(raw_request_head(len(body)) + body)
             status, _ = read_response(sock, 5)
             assert status == 200
-            time.sleep(0.6)  # three requests span more than the header deadline
-        sock.sendall(b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\n")  # then stalls mid-headers
-        t0 = time.monotonic()
-        assert closed_by_peer(sock, 6)
-        assert 0.8 < time.monotonic() - t0 < 3
+            time.sleep(0.8)
     finally:
         sock.close()
+    # A client whose second request stalls mid-headers right after the first, then never sends another byte.
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        sock.sendall(raw_request_head(len(body)) + body)
+        assert read_response(sock, 5)[0] == 200
+        sock.sendall(b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\n")
+        t0 = time.monotonic()
+        assert closed_by_peer(sock, 6), "a stalled request head must not keep the connection forever"
+        assert 1.7 < time.monotonic() - t0 < 4
+    finally:
+        sock.close()
+    # A body in flight is not mistaken for stalled headers: a 3 s upload with a 2 s header deadline.
+    status, _ = trickle_post(server.port, body, seconds=3, pieces=30)
+    assert status == 200
 
 
 def test_oversized_headers_are_refused_and_the_connection_closed(server_factory: Any) -> None:

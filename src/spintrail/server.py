@@ -53,6 +53,7 @@ def protocol_class(settings: Settings) -> type[asyncio.Protocol]:
 
     class GuardedProtocol(base):  # type: ignore[misc, valid-type]
         _header_timer: asyncio.TimerHandle | None = None
+        _armed_for: Any = None
         _header_bytes = 0
 
         def connection_made(self, transport: Any) -> None:
@@ -62,16 +63,26 @@ def protocol_class(settings: Settings) -> type[asyncio.Protocol]:
         def data_received(self, data: bytes) -> None:
             before = self.cycle
             super().data_received(data)
-            # Bytes arrived but no new request began: a partial request line or headers are buffered.
-            if self._header_timer is None and self.cycle is before and not self.transport.is_closing():
+            # Bytes arrived between requests but no new request began: a partial request line or headers
+            # are buffered, and must be complete within the deadline (counted from the first such byte).
+            if (
+                self.cycle is before
+                and self._waiting_for_headers()
+                and not self.transport.is_closing()
+                and (self._header_timer is None or self._armed_for is not self.cycle)
+            ):
                 self._arm_header_timer()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_header_timer()
             super().connection_lost(exc)
 
+        def _waiting_for_headers(self) -> bool:
+            return self.cycle is None or bool(self.cycle.response_complete)
+
         def _arm_header_timer(self) -> None:
             self._cancel_header_timer()
+            self._armed_for = self.cycle
             self._header_timer = self.loop.call_later(header_timeout, self._header_timeout, self.cycle)
 
         def _cancel_header_timer(self) -> None:
@@ -81,7 +92,11 @@ def protocol_class(settings: Settings) -> type[asyncio.Protocol]:
 
         def _header_timeout(self, cycle_when_armed: Any) -> None:
             self._header_timer = None
-            if self.cycle is cycle_when_armed and not self.transport.is_closing():
+            if (
+                self.cycle is cycle_when_armed
+                and self._waiting_for_headers()
+                and not self.transport.is_closing()
+            ):
                 log.info(
                     "closing connection from %s: no complete request headers within %g s",
                     _peer(self),

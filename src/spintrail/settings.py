@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", description="Log level: debug, info, warning or error.")
     max_inflight_bytes: int = Field(
-        64 * 1024 * 1024,
+        32 * 1024 * 1024,
         ge=1024,
         description="Most request bytes (after gzip decompression) being read, decoded or waiting for their "
         "commit at once, across all ingest requests. Beyond it ingest answers 503 with Retry-After at once, "
