@@ -128,6 +128,11 @@ def test_many_problems_are_counted_not_all_listed(tmp_path: Path) -> None:
     found = [m for c, m in problems(db) if c == "raw_sha256"]
     assert len(found) == 21 and found[-1] == "... and 60 more problems of this kind"
     assert not [c for c, _ in problems(db, quick=True) if c == "raw_sha256"], "--quick skips the raw blobs"
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE raw SET codec = 7 WHERE id = 3")
+    conn.commit()
+    conn.close()
+    assert [c for c, _ in problems(db, quick=True)] == ["delta_base"], "--quick still checks the references"
 
 
 def test_check_command_reports_and_exits_1_on_problems(tmp_path: Path) -> None:
@@ -187,6 +192,7 @@ def test_backup_of_a_live_store_is_complete_and_consistent(server: Server, tmp_p
     in_backup = {r[0] for r in conn.execute("SELECT event_id FROM events")}
     conn.close()
     assert set(acked[:before]) <= in_backup and len(in_backup) <= after
+    assert f"{len(in_backup)} events" in out.stderr
     assert not problems(target)
 
     again = run("backup", str(target), "--database", server.database)

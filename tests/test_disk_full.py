@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -87,6 +88,18 @@ def test_full_disk_answers_507_stores_nothing_unacknowledged_and_recovers(kind: 
                 assert r.status_code == 507 and time.perf_counter() - t0 < 5
                 refused.add(stage_event(n)["eventId"])  # type: ignore[arg-type]
                 n += 1
+
+            # Concurrent requests share group commits: a whole group fails alike, all refused.
+            def batch(k: int) -> tuple[int, list[str]]:
+                events = [noisy_event(100_000 + k * 10 + i) for i in range(5)]
+                with httpx.Client(timeout=30) as own:
+                    r = own.post(server.url + "/api/v1/events", content=json.dumps(events))
+                return r.status_code, [e["eventId"] for e in events]  # type: ignore[misc]
+
+            with ThreadPoolExecutor(8) as pool:
+                burst = list(pool.map(batch, range(8)))
+            assert [code for code, _ in burst] == [507] * 8
+            refused.update(eid for _, ids in burst for eid in ids)
             assert "spintrail_store_disk_full 1.0" in c.get(server.url + "/metrics").text
             assert c.get(server.url + "/readyz").status_code == 200  # reads still work
 

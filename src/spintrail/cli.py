@@ -433,7 +433,9 @@ def check(
     config: ConfigOpt = None,
     quick: Annotated[
         bool,
-        typer.Option("--quick", help="Skip the slow parts: SQLite quick_check, no raw blob decompression."),
+        typer.Option(
+            "--quick", help="Skip the slow parts: SQLite quick_check, no raw blob or full-text index scan."
+        ),
     ] = False,
     format: FormatOpt = Format.table,
 ) -> None:
@@ -516,15 +518,14 @@ def backup(
             console=err,
         ) as progress:
             task = progress.add_task("backup", total=None)
-            pages = store.backup(
+            pages, events = store.backup(
                 str(path), progress=lambda done, total: progress.update(task, completed=done, total=total)
             )
-        events = store.stats().events
     except BackupError as exc:
         raise fail(str(exc)) from None
     finally:
         store.close()
-    err.print(f"backup written to {path}: {pages} pages, {events} events at the time of the copy")
+    err.print(f"backup written to {path}: {events} events, {pages} pages (checked with quick_check)")
 
 
 def main() -> None:

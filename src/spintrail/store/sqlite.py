@@ -491,8 +491,8 @@ class SqliteStore(Store):
         finally:
             conn.close()
 
-    def backup(self, target: str, *, progress: Callable[[int, int], None] | None = None) -> int:
-        """Copy the store to ``target`` with SQLite's online backup API; returns the pages copied."""
+    def backup(self, target: str, *, progress: Callable[[int, int], None] | None = None) -> tuple[int, int]:
+        """Copy the store to ``target`` with SQLite's online backup API; returns (pages, events) copied."""
         from spintrail.store.sqlite_backup import backup_sqlite
 
         conn = self._connect()

@@ -54,6 +54,7 @@ def backup_sqlite(
         result = dest.execute("PRAGMA quick_check").fetchone()[0]
         if result != "ok":
             raise BackupError(f"the copy failed its check ({result}): run `spintrail check` on the store")
+        events = dest.execute("SELECT count(*) FROM events").fetchone()[0]
         dest.close()
         with open(partial, "rb+") as fp:
             os.fsync(fp.fileno())
@@ -67,7 +68,7 @@ def backup_sqlite(
                 conn.execute("ROLLBACK")
         dest.close()
         partial.unlink(missing_ok=True)
-    return pages
+    return pages, events
 
 
 def _fsync_dir(path: Path) -> None:
