@@ -103,7 +103,8 @@ def _event_raw(conn: sqlite3.Connection, report: CheckReport) -> None:
     ):
         listing.add(f"raw blob {raw_id} is shared by {n} events")
     for (raw_id,) in conn.execute(
-        "SELECT r.id FROM raw r WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.raw_id = r.id)"
+        # NOT IN builds one temporary index of the subquery (events.raw_id has none): O(n log n).
+        "SELECT id FROM raw WHERE id NOT IN (SELECT raw_id FROM events WHERE raw_id IS NOT NULL)"
     ):
         listing.add(f"raw blob {raw_id} belongs to no event")
     listing.close()
