@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -10,11 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from fastapi import Request
+from fastapi.responses import JSONResponse
 
 from conftest import Server
 from loadgen import InProcessServer, RssSampler, post_json, stage_event, vm_rss_kib
 from spintrail.app import create_app
 from spintrail.guard import InflightBytes, OverBudget, Reservation
+from spintrail.receive import RequestRejected, read_body
 from spintrail.settings import Settings
 from spintrail.store.sqlite import SqliteStore
 
@@ -155,3 +160,41 @@ def test_memory_stays_bounded_under_a_flood_of_large_events(server_factory: Any)
     assert "spintrail_inflight_bytes 0.0" in metrics
     r = server.post(json.dumps([stage_event(5_000_000)]))
     assert r.status_code == 200, r.text
+
+
+def test_any_endpoint_reading_a_body_takes_part_in_the_budget(tmp_path: Path) -> None:
+    """Endpoints other than the echo webhook (e.g. a Splunk-compatible collector) that read their body with
+    ``read_body`` are bounded alike, and their bytes are given back when the request ends, even on error."""
+    settings = Settings(database=str(tmp_path / "b.db"), max_inflight_bytes=4096)
+    app = create_app(settings)
+    entered = threading.Event()
+    gate = threading.Event()
+
+    @app.post("/other")
+    async def other(request: Request) -> JSONResponse:
+        try:
+            body = await read_body(request, settings.max_body_bytes)
+        except RequestRejected as exc:
+            return exc.response()
+        if body == b"hold":
+            entered.set()
+            while not gate.is_set():  # holds its bytes, like a request waiting for its commit
+                await asyncio.sleep(0.01)
+        if body == b"fail":
+            raise RuntimeError("boom")
+        return JSONResponse({"n": len(body), "in_flight": app.state.inflight.used})
+
+    with InProcessServer(app, settings) as srv, httpx.Client(timeout=10) as c:
+        assert c.post(srv.url + "/other", content=b"x" * 3000).json() == {"n": 3000, "in_flight": 3000}
+        assert app.state.inflight.used == 0
+        holder = threading.Thread(target=lambda: c.post(srv.url + "/other", content=b"hold"))
+        holder.start()
+        assert entered.wait(10)
+        with httpx.Client(timeout=10) as c2:
+            r = c2.post(srv.url + "/other", content=b"y" * 4093)
+            assert r.status_code == 503 and r.json()["error"] == "overloaded"
+            gate.set()
+            holder.join(10)
+            with contextlib.suppress(httpx.HTTPError):
+                c2.post(srv.url + "/other", content=b"fail")
+        assert app.state.inflight.used == 0, "bytes of finished requests must be given back"

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from spintrail import __version__, api, lifecycle, receive
-from spintrail.guard import InflightBytes
+from spintrail.guard import InflightBytes, ReleaseInflight
 from spintrail.ingest import Ingestor
 from spintrail.metrics import Metrics
 from spintrail.settings import Settings
@@ -60,6 +60,7 @@ def create_app(
     app.state.shutdown_hooks = []
     if store is not None:
         app.state.ingestor = Ingestor(settings, store)
+    app.add_middleware(ReleaseInflight)
     app.include_router(receive.router)
     app.include_router(api.router)
     return app

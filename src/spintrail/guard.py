@@ -7,10 +7,17 @@ the request is refused at once with 503 and ``Retry-After`` instead of buffering
 server's memory stays bounded under a flood of large events. A request is always admitted when it is the
 only one holding bytes, so a body up to ``max_body_bytes`` can always get through eventually.
 
-Everything here runs on the event loop, so the counters need no lock.
+Every endpoint that reads its body with ``receive.read_body`` takes part. The reservation is kept in the
+request's state and ``ReleaseInflight`` (an ASGI middleware) gives it back when the request ends, whichever
+endpoint it was; endpoints may release earlier. Everything runs on the event loop: the counters need no lock.
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+#: Key of the request's ``Reservation`` in the ASGI scope's ``state`` (``request.state``).
+INFLIGHT_STATE_KEY = "inflight_reservation"
 
 
 class InflightBytes:
@@ -61,3 +68,22 @@ class Reservation:
         if self.budget is not None and self.held:
             self.budget.give_back(self.held)
         self.held = 0
+
+
+class ReleaseInflight:
+    """ASGI middleware: when an HTTP request ends, give back the bytes it reserved (see ``Reservation``)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            reservation = state.get(INFLIGHT_STATE_KEY)
+            if reservation is not None:
+                reservation.release()

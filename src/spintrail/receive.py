@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from spintrail.decode import DecodeError, decode_body
-from spintrail.guard import OverBudget, Reservation
+from spintrail.guard import INFLIGHT_STATE_KEY, OverBudget, Reservation
 from spintrail.ingest import Ingestor
 from spintrail.metrics import Metrics
 from spintrail.store import PreparedEvent, StoreFull, StoreOverloaded, StoreUnavailable
@@ -64,9 +64,16 @@ async def read_body(
 ) -> bytes:
     """The request body, inflated when gzip-encoded, refused when over ``limit`` bytes.
 
-    With a ``reservation`` the body's bytes are reserved against the in-flight budget as they arrive (503 at
-    once beyond it); with a ``timeout`` a body not fully received within that many seconds gets 408.
+    The body's bytes are reserved against the in-flight budget as they arrive (503 at once beyond it), in
+    ``reservation`` or else the request's own (released when the request ends, see ``guard``); a body not
+    fully received within ``timeout`` seconds (default ``body_read_timeout_seconds``) gets 408. Every
+    endpoint that reads a body through here is protected alike.
     """
+    if reservation is None:
+        reservation = request_reservation(request)
+    if timeout is None:
+        settings = getattr(request.app.state, "settings", None)
+        timeout = getattr(settings, "body_read_timeout_seconds", None)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity", "gzip", "x-gzip"):
         raise RequestRejected(
@@ -78,7 +85,6 @@ async def read_body(
             413, "too_large", f"body of {declared} bytes is over the limit of {limit} bytes"
         )
     reserved_up_front = False
-    reservation = reservation or Reservation(None)
     chunks: list[bytes] = []
     size = 0
     inflater = zlib.decompressobj(wbits=31) if encoding in ("gzip", "x-gzip") else None
@@ -122,6 +128,15 @@ async def read_body(
             {"Connection": "close"},
         ) from None
     return b"".join(chunks)
+
+
+def request_reservation(request: Request) -> Reservation:
+    """This request's share of the in-flight byte budget (created on first use, released at its end)."""
+    reservation: Reservation | None = getattr(request.state, INFLIGHT_STATE_KEY, None)
+    if reservation is None:
+        reservation = Reservation(getattr(request.app.state, "inflight", None))
+        setattr(request.state, INFLIGHT_STATE_KEY, reservation)
+    return reservation
 
 
 def request_instance(request: Request) -> str | None:
@@ -171,15 +186,9 @@ async def receive_events(request: Request) -> JSONResponse:
     """Store the echo events in the body (any shape echo sends); answers after the commit."""
     metrics: Metrics = request.app.state.metrics
     ingestor: Ingestor = request.app.state.ingestor
-    settings = request.app.state.settings
-    reservation = Reservation(getattr(request.app.state, "inflight", None))
+    reservation = request_reservation(request)
     try:
-        body = await read_body(
-            request,
-            settings.max_body_bytes,
-            reservation=reservation,
-            timeout=settings.body_read_timeout_seconds,
-        )
+        body = await read_body(request, request.app.state.settings.max_body_bytes)
         instance = request_instance(request)
         received_at = int(time.time() * 1000)
 
