@@ -14,12 +14,14 @@ from spintrail import (
     auth,
     forward,
     forward_api,
+    lifecycle,
     receive,
     receive_hec,
     retention,
     trust_api,
     web,
 )
+from spintrail.guard import InflightBytes, ReleaseInflight
 from spintrail.ingest import Ingestor
 from spintrail.metrics import Metrics
 from spintrail.settings import Settings
@@ -28,8 +30,13 @@ from spintrail.store import Store, open_store
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
-    """The application. When ``store`` is not given, it is opened from ``settings.database`` at start-up."""
+def create_app(
+    settings: Settings | None = None, store: Store | None = None, *, close_store: bool = False
+) -> FastAPI:
+    """The application. When ``store`` is not given, it is opened from ``settings.database`` at start-up.
+
+    A store opened here, or given with ``close_store=True``, is closed at shutdown after the shutdown hooks.
+    """
     settings = settings or Settings()
     metrics = Metrics()
 
@@ -44,6 +51,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                 pool_size=settings.postgres_pool_size,
             )
         app.state.store.commit_observer = metrics.observe_commit
+        metrics.watch(app.state.store, app.state.inflight)
         app.state.ingestor = Ingestor(settings, app.state.store)
         trust_api.start(app, settings, app.state.store)
         log.info("spintrail %s: store %s ready", __version__, app.state.store.backend)
@@ -54,11 +62,13 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             yield
         finally:
             stop_retention()
+            await lifecycle.run_shutdown_hooks(app, settings.shutdown_grace_seconds)
             if app.state.forwarder is not None:
                 app.state.forwarder.stop()
             trust_api.stop(app)
-            if own:
+            if own or close_store:
                 app.state.store.close()
+                log.info("store closed: everything queued is committed")
 
     app = FastAPI(
         title="spintrail",
@@ -71,8 +81,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.store = store
+    app.state.inflight = InflightBytes(settings.max_inflight_bytes)
+    app.state.shutdown_hooks = []
     if store is not None:
         app.state.ingestor = Ingestor(settings, store)
+    app.add_middleware(ReleaseInflight)
     app.include_router(receive.router)
     app.include_router(api.router)
     app.include_router(receive_hec.router)

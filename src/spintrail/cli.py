@@ -136,9 +136,8 @@ def serve(
     ] = False,
 ) -> None:
     """Run the HTTP server: the echo webhook, the API and the web pages."""
-    import uvicorn
-
     from spintrail.app import create_app
+    from spintrail.server import run_server
 
     if demo:
         if database:
@@ -168,16 +167,7 @@ def serve(
         f"(store: {store.backend})"
     )
     try:
-        uvicorn.run(
-            create_app(settings, store),
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level.lower(),
-            timeout_graceful_shutdown=10,
-            # The client address must be the real peer: trusted_proxies is checked against it.
-            proxy_headers=False,
-            **tls,
-        )
+        run_server(create_app(settings, store, close_store=True), settings, **tls)
     finally:
         store.close()
 
@@ -582,6 +572,107 @@ def migrate_(
         raise fail(
             f"the target holds {report.target_events} events, fewer than the source's {report.source_events}"
         )
+
+
+@app.command()
+def check(
+    database: DatabaseOpt = None,
+    config: ConfigOpt = None,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick", help="Skip the slow parts: SQLite quick_check, no raw blob or full-text index scan."
+        ),
+    ] = False,
+    format: FormatOpt = Format.table,
+) -> None:
+    """Verify the store: storage integrity, and that events, raw bytes, tags and full text agree.
+
+    Safe on a live store (reads one snapshot, no write lock). Exits 1 when a problem is found.
+    """
+    from spintrail.store import CheckReport
+
+    settings = settings_from(config, database=database)
+    store = open_store_or_exit(settings)
+    try:
+        with Progress(
+            TextColumn("verifying raw blobs"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            console=err,
+            transient=True,
+        ) as progress:
+            task = progress.add_task("raw", total=None)
+            report: CheckReport = store.check(
+                quick=quick, progress=lambda done, total: progress.update(task, completed=done, total=total)
+            )
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        store.close()
+    rows: list[dict[str, Any]] = []
+    for name, examined in report.checks.items():
+        found = [p for p in report.problems if p.check == name]
+        if not found:
+            rows.append({"check": name, "examined": examined, "status": "ok", "problem": ""})
+    for p in report.problems:
+        rows.append(
+            {
+                "check": p.check,
+                "examined": report.checks.get(p.check),
+                "status": "problem",
+                "problem": p.message,
+            }
+        )
+    emit(rows, ("check", "examined", "status", "problem"), format, title=f"check ({report.backend})")
+    if not report.ok:
+        err.print(
+            f"[red]{len(report.problems)} problem(s) found.[/red] Keep the file as it is, restore the latest "
+            "good backup into a new path and compare (see docs/operations.md, 'Integrity check')."
+        )
+        raise typer.Exit(1)
+    err.print("store is consistent")
+
+
+@app.command()
+def backup(
+    path: Annotated[Path, typer.Argument(help="Where to write the backup (a new file; never overwritten).")],
+    database: DatabaseOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Copy the SQLite store to PATH while the server keeps running (SQLite online backup API).
+
+    For PostgreSQL use pg_dump (see docs/operations.md).
+    """
+    from spintrail.store.sqlite import SqliteStore
+    from spintrail.store.sqlite_backup import BackupError
+
+    settings = settings_from(config, database=database)
+    if settings.database.startswith(("postgresql://", "postgres://")):
+        raise fail(
+            "backup copies SQLite stores; for PostgreSQL run `pg_dump --format=custom --file=BACKUP URL` "
+            "(see docs/operations.md)",
+            2,
+        )
+    store = open_store_or_exit(settings)
+    try:
+        assert isinstance(store, SqliteStore)
+        with Progress(
+            TextColumn("backup"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} pages"),
+            TimeRemainingColumn(),
+            console=err,
+        ) as progress:
+            task = progress.add_task("backup", total=None)
+            pages, events = store.backup(
+                str(path), progress=lambda done, total: progress.update(task, completed=done, total=total)
+            )
+    except BackupError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        store.close()
+    err.print(f"backup written to {path}: {events} events, {pages} pages (checked with quick_check)")
 
 
 def main() -> None:

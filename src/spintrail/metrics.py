@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -39,6 +41,22 @@ class Metrics:
             registry=r,
         )
         self.queue = Gauge("spintrail_write_queue_events", "Events waiting to be committed.", registry=r)
+
+        self.inflight_bytes = Gauge(
+            "spintrail_inflight_bytes",
+            "Request bytes being read, decoded or waiting for their commit (bounded by max_inflight_bytes).",
+            registry=r,
+        )
+        self.disk_full = Gauge(
+            "spintrail_store_disk_full",
+            "1 while the store cannot commit because its disk is full (ingest answers 507).",
+            registry=r,
+        )
+
+    def watch(self, store: Any, inflight: Any) -> None:
+        """Read the in-flight bytes and the store's disk-full state at each scrape."""
+        self.inflight_bytes.set_function(lambda: float(inflight.used))
+        self.disk_full.set_function(lambda: float(bool(getattr(store, "disk_full", False))))
 
     def observe_commit(self, seconds: float, events: int) -> None:
         self.commit_seconds.observe(seconds)

@@ -9,7 +9,9 @@ after the answer loses nothing. A body that is refused stores nothing. Status co
 - 403: the token may not send events (its role), or not of these applications
 - 413: body larger than ``max_body_bytes`` (after decompression)
 - 415: a ``Content-Encoding`` other than gzip or identity
-- 503: the write queue is full (with ``Retry-After``) or the store cannot commit; echo retries
+- 408: the body did not arrive within ``body_read_timeout_seconds`` (the connection is closed)
+- 503: the write queue or the in-flight byte budget is full (with ``Retry-After``), or the store cannot
+  commit; echo retries
 - 507: the disk is full
 """
 
@@ -27,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 
 from spintrail import auth
 from spintrail.decode import DecodeError, decode_body
+from spintrail.guard import INFLIGHT_STATE_KEY, OverBudget, Reservation
 from spintrail.ingest import Ingestor
 from spintrail.metrics import Metrics
 from spintrail.store import PreparedEvent, StoreFull, StoreOverloaded, StoreUnavailable
@@ -55,8 +58,25 @@ class RequestRejected(Exception):
         )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, inflated when gzip-encoded, refused when over ``limit`` bytes."""
+async def read_body(
+    request: Request,
+    limit: int,
+    *,
+    reservation: Reservation | None = None,
+    timeout: float | None = None,
+) -> bytes:
+    """The request body, inflated when gzip-encoded, refused when over ``limit`` bytes.
+
+    The body's bytes are reserved against the in-flight budget as they arrive (503 at once beyond it), in
+    ``reservation`` or else the request's own (released when the request ends, see ``guard``); a body not
+    fully received within ``timeout`` seconds (default ``body_read_timeout_seconds``) gets 408. Every
+    endpoint that reads a body through here is protected alike.
+    """
+    if reservation is None:
+        reservation = request_reservation(request)
+    if timeout is None:
+        settings = getattr(request.app.state, "settings", None)
+        timeout = getattr(settings, "body_read_timeout_seconds", None)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity", "gzip", "x-gzip"):
         raise RequestRejected(
@@ -67,30 +87,59 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise RequestRejected(
             413, "too_large", f"body of {declared} bytes is over the limit of {limit} bytes"
         )
+    reserved_up_front = False
     chunks: list[bytes] = []
     size = 0
     inflater = zlib.decompressobj(wbits=31) if encoding in ("gzip", "x-gzip") else None
     try:
-        async for chunk in request.stream():
-            if inflater is not None:
-                chunk = inflater.decompress(chunk, limit + 1 - size)
-                if inflater.unconsumed_tail:
-                    size = limit + 1
-            size += len(chunk)
-            if size > limit:
-                raise RequestRejected(413, "too_large", f"body is over the limit of {limit} bytes")
-            chunks.append(chunk)
+        if inflater is None and declared and declared.isdigit():
+            reservation.take(int(declared))
+            reserved_up_front = True
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                if inflater is not None:
+                    chunk = inflater.decompress(chunk, limit + 1 - size)
+                    if inflater.unconsumed_tail:
+                        size = limit + 1
+                size += len(chunk)
+                if size > limit:
+                    raise RequestRejected(413, "too_large", f"body is over the limit of {limit} bytes")
+                if not reserved_up_front:
+                    reservation.take(len(chunk))
+                chunks.append(chunk)
         if inflater is not None:
             tail = inflater.flush()
             size += len(tail)
             if size > limit:
                 raise RequestRejected(413, "too_large", f"body is over the limit of {limit} bytes")
+            reservation.take(len(tail))
             chunks.append(tail)
             if not inflater.eof:
                 raise RequestRejected(400, "bad_encoding", "gzip body is truncated")
     except zlib.error as exc:
         raise RequestRejected(400, "bad_encoding", f"body is not valid gzip: {exc}") from None
+    except OverBudget as exc:
+        raise RequestRejected(
+            503, "overloaded", f"spintrail is busy ({exc}); retry shortly", {"Retry-After": "1"}
+        ) from None
+    except TimeoutError:
+        raise RequestRejected(
+            408,
+            "body_timeout",
+            f"the body did not arrive within {timeout:g} seconds ({size} bytes received): "
+            "send it in one go, or raise body_read_timeout_seconds for slow links",
+            {"Connection": "close"},
+        ) from None
     return b"".join(chunks)
+
+
+def request_reservation(request: Request) -> Reservation:
+    """This request's share of the in-flight byte budget (created on first use, released at its end)."""
+    reservation: Reservation | None = getattr(request.state, INFLIGHT_STATE_KEY, None)
+    if reservation is None:
+        reservation = Reservation(getattr(request.app.state, "inflight", None))
+        setattr(request.state, INFLIGHT_STATE_KEY, reservation)
+    return reservation
 
 
 def request_instance(request: Request) -> str | None:
@@ -121,7 +170,7 @@ async def store_prepared(request: Request, prepared: list[PreparedEvent]) -> dic
     try:
         results = await asyncio.wrap_future(future)
     except StoreFull as exc:
-        log.error("disk full: %s", exc)
+        log.debug("disk full: %s", exc)  # the store logs each disk-full episode once
         raise RequestRejected(507, "disk_full", f"the store's disk is full: {exc}") from None
     except StoreUnavailable as exc:
         log.error("store unavailable: %s", exc)
@@ -179,6 +228,7 @@ async def receive_events(request: Request) -> JSONResponse:
     """Store the echo events in the body (any shape echo sends); answers after the commit."""
     metrics: Metrics = request.app.state.metrics
     ingestor: Ingestor = request.app.state.ingestor
+    reservation = request_reservation(request)
     try:
         body = await read_body(request, request.app.state.settings.max_body_bytes)
         instance = request_instance(request)
@@ -196,4 +246,6 @@ async def receive_events(request: Request) -> JSONResponse:
     except RequestRejected as exc:
         metrics.rejected.labels(exc.reason).inc()
         return exc.response()
+    finally:
+        reservation.release()
     return JSONResponse(answer)

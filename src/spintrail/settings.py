@@ -220,11 +220,56 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
     production_accounts: str = Field(
         "*prod*,!*nonprod*,!*non-prod*,!*preprod*,!*pre-prod*",
         description="Which cloud accounts are production, for the production change and separation of "
         "duties reports: comma-separated glob patterns, case-insensitive; a pattern starting with `!` "
         "excludes.",
+    )
+    max_inflight_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1024,
+        description="Most request bytes (after gzip decompression) being read, decoded or waiting for their "
+        "commit at once, across all ingest requests. Beyond it ingest answers 503 with Retry-After at once, "
+        "so memory stays bounded under a flood; a single request is always admitted when none is in flight.",
+    )
+    body_read_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Longest time to receive a request body, from the end of its headers to its last byte. "
+        "A body that trickles in slower gets 408 and the connection is closed.",
+    )
+    header_read_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Longest time a client may take to send a request's headers (from connecting, or from "
+        "the first byte of a following request on a kept-alive connection); slower connections are closed.",
+    )
+    max_header_bytes: int = Field(
+        65536,
+        ge=1024,
+        description="Largest request line plus headers accepted, in bytes; larger ones get 400 and the "
+        "connection is closed.",
+    )
+    keep_alive_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How long an idle kept-alive connection stays open waiting for the next request.",
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Most open connections (and running requests) at once; beyond it new requests get "
+        "503 at once.",
+    )
+    shutdown_grace_seconds: float = Field(
+        10.0,
+        ge=2,
+        description="After SIGTERM the server stops accepting connections and exits within this many "
+        "seconds: requests in flight get all but the last second to finish and be committed, then shutdown "
+        "hooks flush and the store closes. Work still running at the deadline is abandoned, never "
+        "acknowledged.",
     )
 
     @field_validator("ticket_pattern")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from spintrail.store.base import (
     AppendResult,
+    CheckProblem,
+    CheckReport,
     Page,
     PreparedEvent,
     Store,
@@ -16,6 +18,8 @@ from spintrail.store.base import (
 
 __all__ = [
     "AppendResult",
+    "CheckProblem",
+    "CheckReport",
     "Page",
     "PreparedEvent",
     "Store",

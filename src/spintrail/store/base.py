@@ -92,6 +92,35 @@ WriteHook = Callable[[Any, list[Written]], None]
 
 
 @dataclass(slots=True)
+class CheckProblem:
+    """One inconsistency found by ``Store.check``: which check found it, and what is wrong."""
+
+    check: str
+    message: str
+
+
+@dataclass(slots=True)
+class CheckReport:
+    """The outcome of ``Store.check``: the checks run (name -> items examined) and the problems found."""
+
+    backend: str
+    checks: dict[str, int] = field(default_factory=dict)
+    problems: list[CheckProblem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, check: str, message: str) -> None:
+        self.problems.append(CheckProblem(check, message))
+
+
+#: Called by ``Store.check`` with a read connection inside the check's snapshot; returns the problems a
+#: component (forwarding outbox, tamper-evident log) finds in its own tables.
+CheckHook = Callable[[Any], list[CheckProblem]]
+
+
+@dataclass(slots=True)
 class Page:
     """A page of records, newest first, with the cursor of the next page (``None`` at the end)."""
 
@@ -250,6 +279,7 @@ class Store(abc.ABC):
 
     def __init__(self) -> None:
         self.write_hooks: list[WriteHook] = []
+        self.check_hooks: list[CheckHook] = []
 
     @abc.abstractmethod
     def submit(self, items: Sequence[PreparedEvent]) -> Future[list[AppendResult]]:
@@ -359,6 +389,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def pending(self) -> int:
         """Events waiting for the next commit."""
+
+    def check(
+        self, *, quick: bool = False, progress: Callable[[int, int], None] | None = None
+    ) -> CheckReport:
+        """Verify the store: storage integrity and that events, raw bytes and indexes agree.
+
+        ``quick`` skips the slow parts (decompressing every raw blob). ``progress(done, total)`` is called
+        while raw blobs are verified. Problems are reported, never repaired.
+        """
+        raise StoreError(f"the {self.backend or 'this'} store has no consistency check yet")
 
     @abc.abstractmethod
     def close(self) -> None:

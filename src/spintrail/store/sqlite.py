@@ -15,7 +15,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,7 @@ from spintrail.store import blobs
 from spintrail.store.base import (
     DAY,
     AppendResult,
+    CheckReport,
     Page,
     PreparedEvent,
     Store,
@@ -111,6 +112,9 @@ class _Job:
 
 _STOP = object()
 
+#: Bytes the WAL is cut back to after a checkpoint (SQLite ``journal_size_limit``).
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+
 
 def sqlite_path(database: str) -> str:
     """The file path of a ``sqlite:///path`` URL or a plain path."""
@@ -145,6 +149,8 @@ class SqliteStore(Store):
         self._closed = False
         self._cache = blobs.DeltaCache()
         self.commit_observer: Any = None  # callable(seconds, events) set by the app for metrics
+        self.disk_full = False  # the last commit failed for lack of disk space
+        self._disk_full_logged = 0.0
         conn = self._connect()
         try:
             self._migrate(conn)
@@ -212,7 +218,7 @@ class SqliteStore(Store):
         return job.future
 
     def _run(self) -> None:
-        conn = self._connect()
+        conn = self._writer_connection()
         stop = False
         while not stop:
             first = self._queue.get()
@@ -230,8 +236,32 @@ class SqliteStore(Store):
                     break
                 jobs.append(nxt)
                 count += len(nxt.items)
-            self._commit(conn, jobs)
+            try:
+                self._commit(conn, jobs)
+            except Exception as exc:
+                # The writer must outlive anything a commit can raise (a failed ROLLBACK, a broken
+                # connection): fail what is still waiting, start again on a fresh connection.
+                log.exception("sqlite store: writer error, reopening the connection: %s", exc)
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(_store_error(exc))
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+                self._cache.clear()
+                conn = self._writer_connection()
         conn.close()
+
+    def _writer_connection(self) -> sqlite3.Connection:
+        while True:
+            try:
+                conn = self._connect()
+                # After a checkpoint the WAL is cut back to this size, so one huge group commit does not
+                # keep its disk space forever.
+                conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+                return conn
+            except (StoreUnavailable, sqlite3.Error) as exc:
+                log.error("sqlite store: cannot open the writer connection, retrying: %s", exc)
+                time.sleep(1)
 
     def _commit(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
         started = time.perf_counter()
@@ -252,7 +282,12 @@ class SqliteStore(Store):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._cache.forget(new_blobs)
-            if len(jobs) > 1:
+            if _is_disk_full(exc):
+                # Not a bad request: every job of the group fails alike, no point retrying each alone.
+                self._note_disk_full(exc, count)
+                for job in jobs:
+                    job.future.set_exception(_store_error(exc))
+            elif len(jobs) > 1:
                 # One bad request must not fail the others that shared its commit: retry each alone.
                 for job in jobs:
                     with self._lock:
@@ -263,6 +298,9 @@ class SqliteStore(Store):
                 jobs[0].future.set_exception(_store_error(exc))
         else:
             elapsed = time.perf_counter() - started
+            if self.disk_full:
+                self.disk_full = False
+                log.warning("sqlite store: disk space is back, commits to %s resumed", self.path)
             if self.commit_observer is not None:
                 self.commit_observer(elapsed, count)
             for job, res in zip(jobs, results, strict=True):
@@ -270,6 +308,19 @@ class SqliteStore(Store):
         finally:
             with self._lock:
                 self._pending -= count
+
+    def _note_disk_full(self, exc: Exception, count: int) -> None:
+        now = time.monotonic()
+        if not self.disk_full or now - self._disk_full_logged > 60:
+            log.error(
+                "sqlite store: DISK FULL: cannot commit %d events to %s (%s). Ingest answers 507 and "
+                "acknowledges nothing until space is freed on that filesystem; commits resume by themselves.",
+                count,
+                self.path,
+                exc,
+            )
+            self._disk_full_logged = now
+        self.disk_full = True
 
     def _write(
         self,
@@ -515,6 +566,31 @@ class SqliteStore(Store):
             )
         return StoreStats(events=n, raw_bytes=raw_bytes, stored_raw_bytes=stored, extra=extra)
 
+    def check(
+        self, *, quick: bool = False, progress: Callable[[int, int], None] | None = None
+    ) -> CheckReport:
+        from spintrail.store.sqlite_check import check_sqlite
+
+        conn = self._connect()
+        try:
+            return check_sqlite(conn, quick=quick, progress=progress, hooks=self.check_hooks)
+        except sqlite3.DatabaseError as exc:
+            report = CheckReport(backend=self.backend)
+            report.add("integrity_check", f"the database cannot be read: {exc}")
+            return report
+        finally:
+            conn.close()
+
+    def backup(self, target: str, *, progress: Callable[[int, int], None] | None = None) -> tuple[int, int]:
+        """Copy the store to ``target`` with SQLite's online backup API; returns (pages, events) copied."""
+        from spintrail.store.sqlite_backup import backup_sqlite
+
+        conn = self._connect()
+        try:
+            return backup_sqlite(conn, target, progress=progress)
+        finally:
+            conn.close()
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
@@ -536,6 +612,10 @@ def _row_to_record(row: Sequence[Any]) -> AuditRecord:
     for name, value in zip(LIST_FIELDS, row[1 + n_text :], strict=True):
         kwargs[name] = json.loads(value)
     return AuditRecord(id=row[0], **kwargs)
+
+
+def _is_disk_full(exc: Exception) -> bool:
+    return isinstance(_store_error(exc), StoreFull)
 
 
 def _store_error(exc: Exception) -> Exception:

@@ -1,0 +1,239 @@
+"""The SQLite store's consistency check: storage integrity, and that events, raw bytes, tags and text agree.
+
+Everything is read in one snapshot (a read transaction), so the check runs beside a live server without
+stopping ingest and without taking the write lock. Checks, in order:
+
+- ``integrity_check``: SQLite's ``PRAGMA integrity_check`` (``quick_check`` with ``quick``): pages, b-trees,
+  indexes, UNIQUE and NOT NULL constraints;
+- ``event_raw``: every event has its raw blob, and every raw blob belongs to exactly one event;
+- ``delta_base``: every delta blob's base exists and is older than the blob (no cycles);
+- ``raw_sha256``: every raw blob decompresses to its recorded size and SHA-256 (skipped with ``quick``);
+- ``tags``: the tag index holds exactly each event's list values (accounts, regions, ...), at its time;
+- ``fulltext``: the full-text index can be read end to end and indexes no row that is not an event
+  (skipped with ``quick``).
+
+Components with their own tables (forwarding outbox, tamper-evident log) add ``check_hooks``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections import OrderedDict
+from collections.abc import Callable
+
+from spintrail.query import LIST_FILTERS
+from spintrail.store import blobs
+from spintrail.store.base import CheckHook, CheckReport
+
+#: Problems listed per check before the rest are only counted.
+MAX_LISTED = 20
+
+
+class _Listing:
+    """Adds problems of one check to the report, listing the first ``MAX_LISTED`` and counting the rest."""
+
+    def __init__(self, report: CheckReport, check: str) -> None:
+        self.report = report
+        self.check = check
+        self.count = 0
+
+    def add(self, message: str) -> None:
+        self.count += 1
+        if self.count <= MAX_LISTED:
+            self.report.add(self.check, message)
+
+    def close(self) -> None:
+        if self.count > MAX_LISTED:
+            self.report.add(self.check, f"... and {self.count - MAX_LISTED} more problems of this kind")
+
+
+def check_sqlite(
+    conn: sqlite3.Connection,
+    *,
+    quick: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    hooks: list[CheckHook] | None = None,
+) -> CheckReport:
+    """Check the store behind ``conn`` (a connection of its own, not in a transaction)."""
+    report = CheckReport(backend="sqlite")
+    conn.execute("BEGIN")
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # start the snapshot now
+        _integrity(conn, report, quick)
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if {"events", "raw", "event_tags"} <= tables:
+            _event_raw(conn, report)
+            _delta_base(conn, report)
+            if not quick:
+                _raw_sha256(conn, report, progress)
+            _tags(conn, report)
+            if "events_fts" in tables and not quick:
+                _fulltext(conn, report)
+        else:
+            report.add("schema", "the events tables are missing: this is not a spintrail database")
+        for hook in hooks or []:
+            report.problems.extend(hook(conn))
+    finally:
+        conn.execute("ROLLBACK")
+    return report
+
+
+def _integrity(conn: sqlite3.Connection, report: CheckReport, quick: bool) -> None:
+    pragma = "quick_check" if quick else "integrity_check"
+    rows = [r[0] for r in conn.execute(f"PRAGMA {pragma}({MAX_LISTED})")]
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    report.checks["integrity_check"] = pages
+    if rows != ["ok"]:
+        for row in rows:
+            report.add("integrity_check", f"{pragma}: {row}")
+
+
+def _event_raw(conn: sqlite3.Connection, report: CheckReport) -> None:
+    listing = _Listing(report, "event_raw")
+    report.checks["event_raw"] = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    for id_, event_id, raw_id in conn.execute(
+        "SELECT e.id, e.event_id, e.raw_id FROM events e"
+        " LEFT JOIN raw r ON r.id = e.raw_id WHERE r.id IS NULL"
+    ):
+        what = "has no raw blob" if raw_id is None else f"points to raw blob {raw_id}, which does not exist"
+        listing.add(f"event {id_} ({event_id}) {what}")
+    for raw_id, n in conn.execute(
+        "SELECT raw_id, count(*) FROM events WHERE raw_id IS NOT NULL GROUP BY raw_id HAVING count(*) > 1"
+    ):
+        listing.add(f"raw blob {raw_id} is shared by {n} events")
+    for (raw_id,) in conn.execute(
+        # NOT IN builds one temporary index of the subquery (events.raw_id has none): O(n log n).
+        "SELECT id FROM raw WHERE id NOT IN (SELECT raw_id FROM events WHERE raw_id IS NOT NULL)"
+    ):
+        listing.add(f"raw blob {raw_id} belongs to no event")
+    listing.close()
+
+
+def _delta_base(conn: sqlite3.Connection, report: CheckReport) -> None:
+    listing = _Listing(report, "delta_base")
+    report.checks["delta_base"] = conn.execute(
+        "SELECT count(*) FROM raw WHERE codec = ?", (blobs.CODEC_ZSTD_DELTA,)
+    ).fetchone()[0]
+    for id_, base_id in conn.execute(
+        "SELECT r.id, r.base_id FROM raw r LEFT JOIN raw b ON b.id = r.base_id"
+        " WHERE r.codec = ? AND (b.id IS NULL OR r.base_id >= r.id)",
+        (blobs.CODEC_ZSTD_DELTA,),
+    ):
+        if base_id is None:
+            listing.add(f"delta blob {id_} names no base")
+        elif base_id >= id_:
+            listing.add(f"delta blob {id_} has base {base_id}, which is not older than itself")
+        else:
+            listing.add(f"delta blob {id_} has base {base_id}, which does not exist")
+    for id_, codec in conn.execute(
+        "SELECT id, codec FROM raw WHERE codec NOT IN (?, ?, ?)",
+        (blobs.CODEC_PLAIN, blobs.CODEC_ZSTD, blobs.CODEC_ZSTD_DELTA),
+    ):
+        listing.add(f"raw blob {id_} has unknown codec {codec}")
+    listing.close()
+
+
+class _Decoded:
+    """Recently decompressed blobs, so a delta chain is decompressed once while blobs are read in order."""
+
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self._items: OrderedDict[int, bytes] = OrderedDict()
+        self._bytes = 0
+        self.max_bytes = max_bytes
+
+    def get(self, id_: int) -> bytes | None:
+        data = self._items.get(id_)
+        if data is not None:
+            self._items.move_to_end(id_)
+        return data
+
+    def put(self, id_: int, data: bytes) -> None:
+        self._items[id_] = data
+        self._bytes += len(data)
+        while self._bytes > self.max_bytes and len(self._items) > 1:
+            _, old = self._items.popitem(last=False)
+            self._bytes -= len(old)
+
+
+def _raw_sha256(
+    conn: sqlite3.Connection, report: CheckReport, progress: Callable[[int, int], None] | None
+) -> None:
+    listing = _Listing(report, "raw_sha256")
+    total = conn.execute("SELECT count(*) FROM raw").fetchone()[0]
+    report.checks["raw_sha256"] = total
+    decoded = _Decoded()
+    reader = conn.cursor()
+
+    def load(id_: int, depth: int = 0) -> bytes:
+        data = decoded.get(id_)
+        if data is not None:
+            return data
+        row = reader.execute("SELECT codec, data, size, base_id FROM raw WHERE id = ?", (id_,)).fetchone()
+        if row is None:
+            raise LookupError(f"base blob {id_} is missing")
+        if depth > blobs.MAX_CHAIN * 4:
+            raise LookupError("delta chain is too long (a cycle?)")
+        codec, blob, size, base_id = row
+        base = load(base_id, depth + 1) if codec == blobs.CODEC_ZSTD_DELTA and base_id is not None else None
+        out = blobs.decompress(codec, blob, size, base)
+        decoded.put(id_, out)
+        return out
+
+    rows = conn.execute("SELECT id, codec, data, size, sha256, base_id FROM raw ORDER BY id")
+    for done, (id_, codec, blob, size, sha, base_id) in enumerate(rows, start=1):
+        try:
+            base = load(base_id) if codec == blobs.CODEC_ZSTD_DELTA and base_id is not None else None
+            out = blobs.decompress(codec, blob, size, base)
+        except Exception as exc:  # zstd errors, missing bases, unknown codecs: all reported the same way
+            listing.add(f"raw blob {id_} cannot be decompressed: {exc}")
+        else:
+            decoded.put(id_, out)
+            if len(out) != size:
+                listing.add(f"raw blob {id_} decompresses to {len(out)} bytes, {size} recorded")
+            elif hashlib.sha256(out).digest() != bytes(sha):
+                listing.add(f"raw blob {id_} does not match its recorded SHA-256")
+        if progress is not None and (done % 1000 == 0 or done == total):
+            progress(done, total)
+    listing.close()
+
+
+def _tags(conn: sqlite3.Connection, report: CheckReport) -> None:
+    listing = _Listing(report, "tags")
+    expected = " UNION ALL ".join(
+        f"SELECT e.id AS event_row, '{kind}' AS kind, j.value AS value, e.time AS time"
+        f" FROM events e, json_each(e.{column}) j"
+        for kind, column in LIST_FILTERS.items()
+    )
+    report.checks["tags"] = conn.execute("SELECT count(*) FROM event_tags").fetchone()[0]
+    missing = f"SELECT event_row, kind, value, time FROM ({expected}) EXCEPT"
+    missing += " SELECT event_row, kind, value, time FROM event_tags"
+    for row, kind, value, _ in conn.execute(missing):
+        listing.add(f"event {row}: {kind} {value!r} is missing from the tag index")
+    extra = f"SELECT event_row, kind, value, time FROM event_tags EXCEPT SELECT * FROM ({expected})"
+    for row, kind, value, time in conn.execute(extra):
+        exists = conn.execute("SELECT time FROM events WHERE id = ?", (row,)).fetchone()
+        if exists is None:
+            listing.add(f"tag {kind} {value!r} points to event {row}, which does not exist")
+        else:
+            listing.add(f"tag {kind} {value!r} at time {time} does not match event {row}")
+    listing.close()
+
+
+def _fulltext(conn: sqlite3.Connection, report: CheckReport) -> None:
+    listing = _Listing(report, "fulltext")
+    try:
+        conn.execute(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS temp.events_fts_check"
+            " USING fts5vocab(main, events_fts, instance)"
+        )
+        # One pass over every indexed term: reads the whole index, so a damaged one fails here.
+        conn.execute("CREATE TEMP TABLE fts_docs AS SELECT DISTINCT doc FROM temp.events_fts_check")
+        report.checks["fulltext"] = conn.execute("SELECT count(*) FROM temp.fts_docs").fetchone()[0]
+        for (doc,) in conn.execute(
+            "SELECT doc FROM temp.fts_docs WHERE doc NOT IN (SELECT id FROM events) ORDER BY doc"
+        ):
+            listing.add(f"the full-text index holds row {doc}, which is not an event")
+    except sqlite3.DatabaseError as exc:
+        listing.add(f"the full-text index cannot be read: {exc}")
+    listing.close()
