@@ -25,9 +25,10 @@ def compact(value: Any) -> bytes:
 
 @pytest.fixture(scope="module")
 def hec_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One server for the module, requiring one of two tokens."""
+    """One server for the module, requiring one of two tokens, keeping raw events byte for byte."""
     directory = tmp_path_factory.mktemp("hec")
-    server = Server(str(directory / "hec.db"), env={"SPINTRAIL_HEC_TOKENS": f"{TOKEN}, {OTHER}"})
+    env = {"SPINTRAIL_HEC_TOKENS": f"{TOKEN}, {OTHER}", "SPINTRAIL_RAW_EVENTS": "keep"}
+    server = Server(str(directory / "hec.db"), env=env)
     server.start()
     yield server
     server.stop()
