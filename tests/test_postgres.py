@@ -489,3 +489,60 @@ def test_ci_fails_instead_of_skipping_when_postgresql_is_missing(tmp_path: Path)
         timeout=120,
     )
     assert failed.returncode == 1 and "CI must run the PostgreSQL tests" in failed.stdout, failed.stdout
+
+
+def test_a_replica_killed_mid_request_loses_nothing_acknowledged(server_factory: Any, pg_url: str) -> None:
+    """Two replicas on one database; one is SIGKILLed while clients send to both. Every event either
+    replica acknowledged is stored exactly once, and the surviving replica keeps serving."""
+    a: Server = server_factory(pg_url)
+    b: Server = server_factory(pg_url)
+    acked: set[str] = set()
+    lock = threading.Lock()
+    stop = threading.Event()
+    served_after_kill: list[int] = []
+
+    def client(server: Server, k: int) -> None:
+        with httpx.Client(timeout=10) as c:
+            n = 0
+            while not stop.is_set():
+                batch = [event(k * 100_000 + n + j) for j in range(3)]
+                n += 3
+                try:
+                    r = c.post(server.url + "/api/v1/events", content=json.dumps(batch))
+                except httpx.HTTPError:
+                    continue  # the killed replica: not acknowledged, nothing to check
+                if r.status_code == 200:
+                    with lock:
+                        acked.update(e["event_id"] for e in r.json()["events"])
+                        if killed.is_set() and server is b:
+                            served_after_kill.append(len(batch))
+
+    killed = threading.Event()
+    threads = [threading.Thread(target=client, args=(s, k)) for k, s in enumerate((a, b, a, b))]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(acked) < 150 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    a.kill()  # SIGKILL, with requests in flight
+    killed.set()
+    while sum(served_after_kill) < 60 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert sum(served_after_kill) >= 60, "the surviving replica stopped serving"
+    with lock:
+        expected = set(acked)
+    stored: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": "1000", **({"cursor": cursor} if cursor else {})}
+        page = b.get("/api/v1/events", params=params).json()
+        stored += [e["event_id"] for e in page["events"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert len(stored) == len(set(stored)), "an event was stored twice"
+    missing = expected - set(stored)
+    assert not missing, f"{len(missing)} acknowledged events lost"
