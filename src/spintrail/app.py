@@ -12,6 +12,7 @@ from spintrail import (
     __version__,
     api,
     auth,
+    checkpoint_forward,
     forward,
     forward_api,
     lifecycle,
@@ -53,7 +54,12 @@ def create_app(
         app.state.store.commit_observer = metrics.observe_commit
         metrics.watch(app.state.store, app.state.inflight)
         app.state.ingestor = Ingestor(settings, app.state.store)
-        trust_api.start(app, settings, app.state.store)
+        # Before the checkpointer starts, so the first signed checkpoint is forwarded too.
+        app.state.checkpoint_forwarder = checkpoint_forward.start_checkpoint_forwarding(
+            settings, metrics.registry
+        )
+        listeners = [app.state.checkpoint_forwarder.offer] if app.state.checkpoint_forwarder else []
+        trust_api.start(app, settings, app.state.store, listeners)
         log.info("spintrail %s: store %s ready", __version__, app.state.store.backend)
         receive_hec.warn_if_open(settings.hec_tokens)
         app.state.forwarder = forward.start_forwarding(settings, app.state.store, metrics.registry)
@@ -66,6 +72,8 @@ def create_app(
             if app.state.forwarder is not None:
                 app.state.forwarder.stop()
             trust_api.stop(app)
+            if app.state.checkpoint_forwarder is not None:  # after the final checkpoint is signed
+                app.state.checkpoint_forwarder.stop()
             if own or close_store:
                 app.state.store.close()
                 log.info("store closed: everything queued is committed")

@@ -100,6 +100,11 @@ class _SinkConfig(BaseModel):
         "now",
         description="Where a new sink starts: events stored from now on, or every event already stored.",
     )
+    checkpoints: bool = Field(
+        False,
+        description="Also send each new signed checkpoint to this sink, as one `spintrail:checkpoint` "
+        "message (best effort).",
+    )
 
 
 def _check_http_url(value: str) -> str:

@@ -4,6 +4,7 @@ wiring of authentication, the access log and the checkpointer into the applicati
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Query, Request
@@ -59,9 +60,16 @@ def setup(app: FastAPI) -> None:
     app.include_router(router)
 
 
-def start(app: FastAPI, settings: Settings, store: Store) -> None:
-    """At start-up: install trust on the store, start authenticating and signing checkpoints."""
+def start(
+    app: FastAPI,
+    settings: Settings,
+    store: Store,
+    checkpoint_listeners: Sequence[integrity.Listener] = (),
+) -> None:
+    """At start-up: install trust on the store, start authenticating and signing checkpoints (telling
+    ``checkpoint_listeners`` about each one, from the first)."""
     trust = install(store, settings)
+    trust.log.listeners.extend(checkpoint_listeners)
     app.state.trust = trust
     authenticator = auth.Authenticator(settings, trust.tokens)
     app.state.authenticator = authenticator
