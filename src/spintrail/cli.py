@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import gc
 import inspect
 import logging
 import os
@@ -167,6 +168,7 @@ def serve(
         f"(store: {store.backend})"
     )
     try:
+        tune_gc()
         run_server(create_app(settings, store, close_store=True), settings, **tls)
     finally:
         store.close()
@@ -185,6 +187,24 @@ def tls_options(settings: Settings) -> dict[str, Any]:
         if not path.is_file():
             raise fail(f"{what} {path} is not a readable file", 2)
     return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+
+
+def tune_gc() -> None:
+    """Set the garbage collector up for a long-running ingest process.
+
+    Everything allocated at start-up (modules, the app, settings) is frozen out of the collector's sight,
+    and collections run after 50,000 new objects instead of 700: parsing one stage event creates thousands
+    of objects (none of them in cycles), and each collection walked every live object.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 10)
+
+
+def uvicorn_options(log_level: str, *, access_log: bool = False) -> dict[str, Any]:
+    """uvicorn settings shared by ``serve`` and the benchmark's bare HTTP ceiling: uvloop and httptools
+    when installed, no access log unless asked for."""
+    return {"log_level": log_level.lower(), "access_log": access_log, "loop": "auto", "http": "auto"}
 
 
 def load_demo(settings: Settings, *, executions: int = 400, days: float = 21.0, seed: int = 7) -> int:

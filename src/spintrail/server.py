@@ -172,6 +172,7 @@ def run_server(app: FastAPI, settings: Settings, **extra: Any) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        access_log=settings.access_log,
         http=protocol_class(settings),
         timeout_keep_alive=settings.keep_alive_timeout_seconds,  # type: ignore[arg-type]
         timeout_graceful_shutdown=settings.shutdown_grace_seconds - 1,  # type: ignore[arg-type]
