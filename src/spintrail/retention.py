@@ -301,6 +301,15 @@ class _SqliteRetention:
             marks = ", ".join("?" for _ in ids)
             conn.execute(f"DELETE FROM event_tags WHERE event_row IN ({marks})", ids)
             conn.execute(f"DELETE FROM events WHERE id IN ({marks})", ids)
+            if conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'integrity_leaves'"
+            ).fetchone():
+                # The tamper-evident log keeps every leaf: mark its content removed, not deleted.
+                conn.execute(
+                    "UPDATE integrity_leaves SET content_removed_at = ?, content_removed_reason = 'retention'"
+                    f" WHERE event_row IN ({marks})",
+                    [int(time.time() * 1000), *ids],
+                )
             removed = self._delete_blobs(conn, blobs_of)
             conn.execute("COMMIT")
         except BaseException:
@@ -514,6 +523,14 @@ class _PostgresRetention:
             conn.execute(
                 sql.SQL("DELETE FROM event_ids WHERE event_id IN (SELECT event_id FROM {})").format(ev)
             )
+            if conn.execute("SELECT to_regclass('integrity_leaves')").fetchone()[0] is not None:
+                conn.execute(
+                    sql.SQL(
+                        "UPDATE integrity_leaves SET content_removed_at = %s,"
+                        " content_removed_reason = 'retention' WHERE event_row IN (SELECT id FROM {})"
+                    ).format(ev),
+                    (int(time.time() * 1000),),
+                )
             conn.execute(sql.SQL("DROP TABLE {}, {}").format(ev, rw))
         assert self.report.raw_blobs is not None
         self.report.raw_blobs += raw_n[0] if raw_n else 0
@@ -528,14 +545,21 @@ class _PostgresRetention:
                 "DELETE FROM events e USING (SELECT time, id FROM events WHERE time < %s AND "
                 + cond
                 + " ORDER BY time LIMIT %s) d WHERE e.time = d.time AND e.id = d.id"
-                " RETURNING e.event_id, e.raw_id, e.time",
+                " RETURNING e.event_id, e.raw_id, e.time, e.id",
                 [cutoff, *args, self.batch],
             ).fetchall()
             if not rows:
                 return False
             conn.execute("DELETE FROM event_ids WHERE event_id = ANY(%s)", ([r[0] for r in rows],))
+            if conn.execute("SELECT to_regclass('integrity_leaves')").fetchone()[0] is not None:
+                # The tamper-evident log keeps every leaf: mark its content removed, not deleted.
+                conn.execute(
+                    "UPDATE integrity_leaves SET content_removed_at = %s,"
+                    " content_removed_reason = 'retention' WHERE event_row = ANY(%s)",
+                    (int(time.time() * 1000), [r[3] for r in rows]),
+                )
             frontier = []
-            for _, raw_id, t in rows:
+            for _, raw_id, t, _ in rows:
                 if raw_id is None:
                     continue
                 m = month_of(t)
