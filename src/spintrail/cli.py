@@ -157,11 +157,25 @@ def serve(
             create_app(settings, store),
             host=settings.host,
             port=settings.port,
-            log_level=settings.log_level.lower(),
-            timeout_graceful_shutdown=10,
+            **uvicorn_options(settings.log_level, access_log=settings.access_log),
         )
     finally:
         store.close()
+
+
+def uvicorn_options(log_level: str, *, access_log: bool = False) -> dict[str, Any]:
+    """The uvicorn settings of ``serve`` (the benchmark's bare HTTP ceiling uses the same ones).
+
+    uvloop and httptools (installed with ``uvicorn[standard]``) are chosen when present; the access log is
+    off unless asked for, since writing a line per request costs more than receiving a small event.
+    """
+    return {
+        "log_level": log_level.lower(),
+        "access_log": access_log,
+        "loop": "auto",
+        "http": "auto",
+        "timeout_graceful_shutdown": 10,
+    }
 
 
 def load_demo(settings: Settings, *, executions: int = 400, days: float = 21.0, seed: int = 7) -> int:

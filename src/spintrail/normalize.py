@@ -488,6 +488,32 @@ def _trigger_value(trigger: dict[str, Any], key: str) -> Any:
 # --------------------------------------------------------------------------------------------------
 
 
+#: The stage context keys ``_Where.scan`` reads (besides ``targetop.asg.*``).
+_WHERE_KEYS = frozenset(
+    {
+        "deploy.account.name",
+        "credentials",
+        "account",
+        "manifestAccountName",
+        "region",
+        "regions",
+        "availabilityZones",
+        "deploy.server.groups",
+        "serverGroupName",
+        "asgName",
+        "kato.tasks",
+        "cluster",
+        "moniker",
+        "clusters",
+        "namespace",
+        "location",
+        "manifests",
+        "outputs.manifests",
+        "outputs.manifestNamesByNamespace",
+    }
+)
+
+
 class _Where:
     """Accounts, regions, server groups, clusters and namespaces found in stage contexts, in order."""
 
@@ -511,6 +537,8 @@ class _Where:
         kube = (provider or self.cloud_provider) == "kubernetes"
         locations = self.namespaces if kube else self.regions
         for key, value in ctx.items():
+            if key not in _WHERE_KEYS and not key.startswith("targetop.asg."):
+                continue
             if key in ("deploy.account.name", "credentials", "account", "manifestAccountName"):
                 _add(self.accounts, value)
             elif key == "region":

@@ -59,6 +59,11 @@ class Settings(BaseSettings):
         "with Retry-After so echo retries later.",
     )
     log_level: str = Field("info", description="Log level: debug, info, warning or error.")
+    access_log: bool = Field(
+        False,
+        description="Log every HTTP request (uvicorn's access log). Off by default: at high event rates "
+        "the log line costs more than receiving a small event.",
+    )
 
     @field_validator("ticket_pattern")
     @classmethod

@@ -3,6 +3,9 @@
 A request's events are queued to the writer thread, which drains everything waiting (up to
 ``batch_max`` events), writes it in one transaction and commits with ``synchronous=FULL`` before any of the
 waiting requests is answered. Many concurrent requests therefore share one fsync.
+
+How events are laid out on disk (schema version 2: strings stored once, filters answered through groups of
+events, raw bytes in zstd streams) is ``sqlite_layout.py``; version 1 files are converted on start.
 """
 
 from __future__ import annotations
@@ -15,16 +18,18 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spintrail import fulltext
-from spintrail.query import COLUMN_FILTERS, LIST_FILTERS, Filters, type_pattern
+import zstandard
+
+from spintrail.query import Filters
 from spintrail.record import LIST_FIELDS, TEXT_FIELDS, AuditRecord
-from spintrail.store import blobs
+from spintrail.store import blobs, sqlite_layout
 from spintrail.store.base import (
     AppendResult,
     Page,
@@ -41,11 +46,14 @@ from spintrail.store.base import (
 
 log = logging.getLogger(__name__)
 
-_RECORD_COLUMNS: tuple[str, ...] = ("event_id", "received_at", "time", *TEXT_FIELDS, *LIST_FIELDS)
-_SELECT = "SELECT id, " + ", ".join(f'"{c}"' for c in _RECORD_COLUMNS) + " FROM events"
+#: The record columns of schema version 1 (read when converting a version 1 file).
+_V1_COLUMNS: tuple[str, ...] = ("event_id", "received_at", "time", *TEXT_FIELDS, *LIST_FIELDS)
+
+#: A migration is SQL, or a function run with the connection inside the migration's transaction.
+Migration = str | Callable[[sqlite3.Connection], None]
 
 #: Versioned schema migrations, applied in order on start and recorded in ``schema_migrations``.
-MIGRATIONS: list[tuple[int, str]] = [
+MIGRATIONS: list[tuple[int, Migration]] = [
     (
         1,
         """
@@ -116,7 +124,13 @@ class SqliteStore(Store):
     backend = "sqlite"
 
     def __init__(
-        self, path: str | os.PathLike[str], *, batch_max: int = 2000, queue_max: int = 20000
+        self,
+        path: str | os.PathLike[str],
+        *,
+        batch_max: int = 2000,
+        queue_max: int = 20000,
+        compression_level: int = blobs.STREAM_LEVEL,
+        compression_memory: int = 64 << 20,
     ) -> None:
         super().__init__()
         self.path = str(path)
@@ -132,7 +146,10 @@ class SqliteStore(Store):
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._closed = False
-        self._cache = blobs.DeltaCache()
+        self._layout = sqlite_layout.Writer(
+            compression_level=compression_level, compression_memory=compression_memory
+        )
+        self._rows = sqlite_layout.Reader()
         self.commit_observer: Any = None  # callable(seconds, events) set by the app for metrics
         conn = self._connect()
         try:
@@ -167,7 +184,7 @@ class SqliteStore(Store):
     def _migrate(self, conn: sqlite3.Connection) -> None:
         migrate(conn, "events", MIGRATIONS)
 
-    def migrate_component(self, component: str, migrations: Sequence[tuple[int, str]]) -> None:
+    def migrate_component(self, component: str, migrations: Sequence[tuple[int, Migration]]) -> None:
         """Apply another component's schema migrations (forwarding outbox, integrity log) to this file."""
         conn = self._connect()
         try:
@@ -223,15 +240,13 @@ class SqliteStore(Store):
 
     def _commit(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
         started = time.perf_counter()
-        new_blobs: set[int] = set()
         count = sum(len(j.items) for j in jobs)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            seen: dict[str, int] = {}
+            batch = self._layout.begin(conn)
             written: list[Written] = []
-            results = [
-                [self._write(conn, item, seen, new_blobs, written) for item in job.items] for job in jobs
-            ]
+            results = [[self._write(conn, batch, item, written) for item in job.items] for job in jobs]
+            self._layout.flush(conn, batch)
             if written:
                 for hook in self.write_hooks:
                     hook(conn, written)
@@ -239,7 +254,7 @@ class SqliteStore(Store):
         except Exception as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            self._cache.forget(new_blobs)
+            self._layout.reset()
             if len(jobs) > 1:
                 # One bad request must not fail the others that shared its commit: retry each alone.
                 for job in jobs:
@@ -262,63 +277,30 @@ class SqliteStore(Store):
     def _write(
         self,
         conn: sqlite3.Connection,
+        batch: sqlite_layout.Batch,
         item: PreparedEvent,
-        seen: dict[str, int],
-        new_blobs: set[int],
         written: list[Written],
     ) -> AppendResult:
-        rec = item.record
-        if rec.event_id in seen:
-            return AppendResult(seen[rec.event_id], True)
-        row = conn.execute("SELECT id FROM events WHERE event_id = ?", (rec.event_id,)).fetchone()
-        if row is not None:
-            return AppendResult(row[0], True)
-        key = blobs.delta_key(rec.execution_id, rec.type)
-        base = self._cache.base_for(key)
-        blob = blobs.compress(item.raw, base[1] if base else None, base[0] if base else None)
-        raw_id = conn.execute(
-            "INSERT INTO raw(codec, base_id, size, sha256, data) VALUES (?, ?, ?, ?, ?)",
-            (blob.codec, blob.base_id, blob.size, blob.sha256, blob.data),
-        ).lastrowid
-        assert raw_id is not None
-        new_blobs.add(raw_id)
-        self._cache.remember(key, raw_id, item.raw, base[2] + 1 if base else 0)
-        values = [getattr(rec, c) for c in _RECORD_COLUMNS[: 3 + len(TEXT_FIELDS)]]
-        values += [json.dumps(getattr(rec, c), ensure_ascii=False) for c in LIST_FIELDS]
-        cols = ", ".join(f'"{c}"' for c in _RECORD_COLUMNS)
-        marks = ", ".join("?" for _ in _RECORD_COLUMNS)
-        row_id = conn.execute(
-            f"INSERT INTO events({cols}, raw_id) VALUES ({marks}, ?)", (*values, raw_id)
-        ).lastrowid
-        assert row_id is not None
-        tags = [
-            (kind, value, rec.time, row_id)
-            for kind, field_name in LIST_FILTERS.items()
-            for value in dict.fromkeys(getattr(rec, field_name))
-        ]
-        if tags:
-            conn.executemany("INSERT OR IGNORE INTO event_tags VALUES (?, ?, ?, ?)", tags)
-        if item.text:
-            conn.execute("INSERT INTO events_fts(rowid, text) VALUES (?, ?)", (row_id, item.text))
-        rec.id = row_id
-        seen[rec.event_id] = row_id
+        dup = self._layout.duplicate_of(conn, batch, item.record.event_id)
+        if dup is not None:
+            return AppendResult(dup, True)
+        row_id = self._layout.write(conn, batch, item)
         written.append(Written(item, row_id))
         return AppendResult(row_id, False)
 
     # -- reads -------------------------------------------------------------------------------------
 
     def search(self, filters: Filters, *, limit: int = 100, cursor: str | None = None) -> Page:
-        where, args = self._where(filters)
-        if where is None:
-            return Page([], None)
-        if cursor:
-            t, i = decode_cursor(cursor)
-            where.append("(time, id) < (?, ?)")
-            args += [t, i]
-        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY time DESC, id DESC LIMIT ?"
-        rows = self._read(sql, [*args, limit + 1])
-        records = [_row_to_record(r) for r in rows[:limit]]
+        position = decode_cursor(cursor) if cursor else None
+        conn = self._reader()
+        try:
+            plan = self._rows.plan(conn, filters, position)
+            if plan is None:
+                return Page([], None)
+            rows = conn.execute(sqlite_layout.search_sql(plan), [*plan.args, limit + 1]).fetchall()
+            records = self._rows.records(conn, rows[:limit])
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
         nxt = None
         if len(rows) > limit and records:
             last = records[-1]
@@ -326,87 +308,50 @@ class SqliteStore(Store):
             nxt = encode_cursor(last.time, last.id)
         return Page(records, nxt)
 
-    def _where(self, f: Filters) -> tuple[list[str] | None, list[Any]]:
-        where: list[str] = []
-        args: list[Any] = []
-        for name, column in COLUMN_FILTERS.items():
-            values = getattr(f, name)
-            if values:
-                where.append(f'"{column}" IN ({", ".join("?" for _ in values)})')
-                args += list(values)
-        if f.type:
-            ors = []
-            for value in f.type:
-                text, prefix = type_pattern(value)
-                if prefix:
-                    ors.append("(type >= ? AND type < ?)")
-                    args += [text, text + "\U0010ffff"]
-                else:
-                    ors.append("type = ?")
-                    args.append(text)
-            where.append("(" + " OR ".join(ors) + ")")
-        for name in LIST_FILTERS:
-            values = getattr(f, name)
-            if values:
-                where.append(
-                    "id IN (SELECT event_row FROM event_tags WHERE kind = ? AND value IN ("
-                    + ", ".join("?" for _ in values)
-                    + "))"
-                )
-                args += [name, *values]
-        if f.q is not None:
-            match = fulltext.fts5_query(f.q)
-            if match is None:
-                return None, []
-            where.append("id IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)")
-            args.append(match)
-        if f.since is not None:
-            where.append("time >= ?")
-            args.append(f.since)
-        if f.until is not None:
-            where.append("time < ?")
-            args.append(f.until)
-        return where, args
-
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         try:
             return self._reader().execute(sql, args).fetchall()
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
 
+    def _records(self, sql: str, args: Sequence[Any] = ()) -> list[AuditRecord]:
+        conn = self._reader()
+        try:
+            return self._rows.records(conn, conn.execute(sql, args).fetchall())
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
+
     def get(self, id_: int) -> AuditRecord | None:
-        rows = self._read(_SELECT + " WHERE id = ?", (id_,))
-        return _row_to_record(rows[0]) if rows else None
+        if not -(2**63) <= id_ < 2**63:
+            return None
+        found = self._records(sqlite_layout.SELECT + " WHERE id = ?", (id_,))
+        return found[0] if found else None
 
     def get_by_event_id(self, event_id: str) -> AuditRecord | None:
-        rows = self._read(_SELECT + " WHERE event_id = ?", (event_id,))
-        return _row_to_record(rows[0]) if rows else None
+        found = self._records(
+            sqlite_layout.SELECT + " WHERE eid_hash = ?", (sqlite_layout.text_hash(event_id),)
+        )
+        return next((r for r in found if r.event_id == event_id), None)
 
     def raw(self, id_: int) -> bytes | None:
-        rows = self._read("SELECT raw_id FROM events WHERE id = ?", (id_,))
-        if not rows or rows[0][0] is None:
+        if not -(2**63) <= id_ < 2**63:
             return None
-        return self._blob(rows[0][0])
-
-    def _blob(self, blob_id: int) -> bytes:
-        chain: list[tuple[int, bytes, int]] = []
-        next_id: int | None = blob_id
-        while next_id is not None:
-            rows = self._read("SELECT codec, data, size, base_id FROM raw WHERE id = ?", (next_id,))
-            if not rows:
-                raise StoreUnavailable(f"raw blob {next_id} is missing")
-            codec, data, size, base_id = rows[0]
-            chain.append((codec, data, size))
-            next_id = base_id if codec == blobs.CODEC_ZSTD_DELTA else None
-        out: bytes | None = None
-        for codec, data, size in reversed(chain):
-            out = blobs.decompress(codec, data, size, out)
-        assert out is not None
-        return out
+        found = self._read("SELECT event_id FROM events WHERE id = ?", (id_,))
+        if not found:
+            return None
+        rows = self._read(sqlite_layout.RAW_CHAIN, (id_,))
+        if not rows:
+            return None
+        try:
+            return sqlite_layout.raw_from_chain(rows, sqlite_layout.unpack_event_id(found[0][0]))
+        except (ValueError, zstandard.ZstdError) as exc:
+            raise StoreUnavailable(f"the raw bytes of event {id_} cannot be read: {exc}") from exc
 
     def execution(self, execution_id: str) -> list[AuditRecord]:
-        rows = self._read(_SELECT + " WHERE execution_id = ? ORDER BY time, id", (execution_id,))
-        return [_row_to_record(r) for r in rows]
+        return self._records(
+            sqlite_layout.SELECT + " WHERE grp IN (SELECT id FROM groups WHERE key = ?) ORDER BY time, id",
+            ("x:" + execution_id,),
+        )
 
     def ping(self) -> None:
         self._read("SELECT 1")
@@ -416,7 +361,8 @@ class SqliteStore(Store):
     def stats(self) -> StoreStats:
         n = self._read("SELECT count(*) FROM events")[0][0]
         raw_bytes, stored = self._read(
-            "SELECT coalesce(sum(size), 0), coalesce(sum(length(data)), 0) FROM raw"
+            "SELECT coalesce(sum(size + CASE WHEN cut IS NULL THEN 0 ELSE 36 END), 0),"
+            " coalesce(sum(length(data)), 0) FROM raw"
         )[0]
         extra: dict[str, int] = {}
         if self.path != ":memory:":
@@ -440,9 +386,10 @@ class SqliteStore(Store):
         self._local = threading.local()
 
 
-def _row_to_record(row: Sequence[Any]) -> AuditRecord:
+def _v1_record(row: Sequence[Any]) -> AuditRecord:
+    """A record from a schema version 1 ``events`` row (``id`` first, then ``_V1_COLUMNS``)."""
     n_text = 3 + len(TEXT_FIELDS)
-    kwargs: dict[str, Any] = dict(zip(_RECORD_COLUMNS[:n_text], row[1 : 1 + n_text], strict=True))
+    kwargs: dict[str, Any] = dict(zip(_V1_COLUMNS[:n_text], row[1 : 1 + n_text], strict=True))
     for name, value in zip(LIST_FIELDS, row[1 + n_text :], strict=True):
         kwargs[name] = json.loads(value)
     return AuditRecord(id=row[0], **kwargs)
@@ -455,7 +402,7 @@ def _store_error(exc: Exception) -> Exception:
     return StoreUnavailable(f"cannot commit: {text}")
 
 
-def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[tuple[int, str]]) -> None:
+def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[tuple[int, Migration]]) -> None:
     """Apply a component's versioned migrations once each, recorded in ``schema_migrations``."""
     conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (component TEXT NOT NULL, version INTEGER NOT NULL,"
@@ -470,8 +417,11 @@ def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[tuple
         for version, sql in migrations:
             if version in done:
                 continue
-            for statement in _split_sql(sql):
-                conn.execute(statement)
+            if callable(sql):
+                sql(conn)
+            else:
+                for statement in _split_sql(sql):
+                    conn.execute(statement)
             conn.execute(
                 "INSERT INTO schema_migrations(component, version, applied_at) VALUES (?, ?, ?)",
                 (component, version, int(time.time() * 1000)),
@@ -485,3 +435,74 @@ def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[tuple
 
 def _split_sql(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _migrate_v2(conn: sqlite3.Connection) -> None:
+    """Schema version 2 (``sqlite_layout.py``): convert the version 1 tables, keeping every event's id,
+    record and exact bytes. The version 1 full-text index stays (its rows keep their ids)."""
+    conn.execute("ALTER TABLE events RENAME TO events_v1")
+    conn.execute("ALTER TABLE raw RENAME TO raw_v1")
+    for index in (
+        "events_time",
+        "events_user",
+        "events_application",
+        "events_type",
+        "events_status",
+        "events_source",
+        "events_instance",
+        "events_execution",
+        "raw_base",
+    ):
+        conn.execute(f"DROP INDEX IF EXISTS {index}")
+    for statement in _split_sql(sqlite_layout.SCHEMA_V2):
+        conn.execute(statement)
+    count = conn.execute("SELECT count(*) FROM events_v1").fetchone()[0]
+    if count == 0:
+        conn.execute("DROP TABLE events_fts")
+        conn.execute(sqlite_layout.FTS_V2)
+    else:
+        writer = sqlite_layout.Writer()
+        batch = writer.begin(conn)
+        cols = ", ".join(f'"{c}"' for c in _V1_COLUMNS)
+        decoded: OrderedDict[int, bytes] = OrderedDict()
+        cursor = conn.execute(f"SELECT id, {cols}, raw_id FROM events_v1 ORDER BY id")
+        while rows := cursor.fetchmany(500):
+            for row in rows:
+                record = _v1_record(row[:-1])
+                raw = _v1_raw(conn, row[-1], decoded) if row[-1] is not None else b""
+                writer.write(conn, batch, PreparedEvent(record, raw), row_id=row[0], index_text=False)
+            writer.flush(conn, batch)
+        log.info("sqlite: converted %d events to schema version 2", count)
+    conn.execute("DROP TABLE events_v1")
+    conn.execute("DROP TABLE raw_v1")
+    conn.execute("DROP TABLE event_tags")
+
+
+def _v1_raw(conn: sqlite3.Connection, blob_id: int, decoded: OrderedDict[int, bytes]) -> bytes:
+    """The bytes of a version 1 raw blob (delta chains), remembering recent ones for the next events."""
+    chain: list[tuple[int, bytes, int]] = []
+    next_id: int | None = blob_id
+    base: bytes | None = None
+    while next_id is not None:
+        if next_id in decoded:
+            base = decoded[next_id]
+            break
+        row = conn.execute(
+            "SELECT codec, data, size, base_id FROM raw_v1 WHERE id = ?", (next_id,)
+        ).fetchone()
+        if row is None:
+            raise StoreUnavailable(f"raw blob {next_id} is missing from the version 1 file")
+        codec, data, size, base_id = row
+        chain.append((codec, data, size))
+        next_id = base_id if codec == blobs.CODEC_ZSTD_DELTA else None
+    out = base
+    for codec, data, size in reversed(chain):
+        out = blobs.decompress(codec, data, size, out)
+    assert out is not None
+    decoded[blob_id] = out
+    while len(decoded) > 256:
+        decoded.popitem(last=False)
+    return out
+
+
+MIGRATIONS.append((2, _migrate_v2))
