@@ -32,9 +32,9 @@ checking each event until the page is full.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time as _time
-import uuid
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -183,20 +183,21 @@ def text_hash(value: str) -> int:
     return zlib.crc32(value.encode("utf-8", "surrogatepass")) - 0x80000000
 
 
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def pack_event_id(event_id: str) -> bytes | str:
-    """A canonical UUID as its 16 bytes, anything else as text."""
-    if len(event_id) == 36 and event_id[8] == "-":
-        try:
-            u = uuid.UUID(event_id)
-        except ValueError:
-            return event_id
-        if str(u) == event_id:
-            return u.bytes
+    """A canonical (lower-case) UUID as its 16 bytes, anything else as text."""
+    if len(event_id) == 36 and _UUID.fullmatch(event_id):
+        return bytes.fromhex(event_id.replace("-", ""))
     return event_id
 
 
 def unpack_event_id(value: bytes | str) -> str:
-    return str(uuid.UUID(bytes=bytes(value))) if isinstance(value, bytes | memoryview) else value
+    if isinstance(value, bytes | memoryview):
+        h = bytes(value).hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return value
 
 
 def group_key(rec: AuditRecord) -> str:
