@@ -243,7 +243,7 @@ class SqliteStore(Store):
         count = sum(len(j.items) for j in jobs)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            batch = self._layout.begin(conn)
+            batch = self._layout.begin(conn, [item.record.event_id for job in jobs for item in job.items])
             written: list[Written] = []
             results = [[self._write(conn, batch, item, written) for item in job.items] for job in jobs]
             self._layout.flush(conn, batch)

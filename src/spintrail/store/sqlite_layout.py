@@ -240,6 +240,7 @@ class _Group:
     id: int
     count: int
     tags: set[tuple[int, int]] = field(default_factory=set)
+    signatures: set[tuple[int | None, ...]] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -253,6 +254,7 @@ class Batch:
     tags: list[tuple[int, int, int]] = field(default_factory=list)
     spans: dict[int, list[int]] = field(default_factory=dict)  # group id -> [first, last, count]
     seen: dict[str, int] = field(default_factory=dict)  # event id -> row id written in this batch
+    stored: dict[str, int] | None = None  # event id -> row id of the batch's events already stored
 
 
 class Writer:
@@ -279,10 +281,22 @@ class Writer:
         self.groups.clear()
         self.streams.clear()
 
-    def begin(self, conn: sqlite3.Connection) -> Batch:
-        """Start writing a batch (inside the writer's transaction)."""
+    def begin(self, conn: sqlite3.Connection, event_ids: Sequence[str] | None = None) -> Batch:
+        """Start writing a batch (inside the writer's transaction); ``event_ids`` are looked up at once."""
         top = conn.execute("SELECT max(id) FROM events").fetchone()[0]
-        return Batch(next_id=(top or 0) + 1)
+        batch = Batch(next_id=(top or 0) + 1)
+        if event_ids is not None:
+            wanted = set(event_ids)
+            hashes = json.dumps(sorted({text_hash(e) for e in wanted}))
+            batch.stored = {}
+            for row_id, stored in conn.execute(
+                "SELECT id, event_id FROM events WHERE eid_hash IN (SELECT value FROM json_each(?))",
+                (hashes,),
+            ):
+                event_id = unpack_event_id(stored)
+                if event_id in wanted:
+                    batch.stored[event_id] = row_id
+        return batch
 
     # -- strings
 
@@ -368,6 +382,8 @@ class Writer:
         """The row id of an event already stored (or written earlier in this batch) with this event id."""
         if event_id in batch.seen:
             return batch.seen[event_id]
+        if batch.stored is not None:
+            return batch.stored.get(event_id)
         for row in conn.execute("SELECT id, event_id FROM events WHERE eid_hash = ?", (text_hash(event_id),)):
             if unpack_event_id(row[1]) == event_id:
                 return int(row[0])
@@ -399,15 +415,20 @@ class Writer:
         strings = [self._sid(conn, getattr(rec, c)) for c in STRING_COLUMNS]
         profile = self._pack(conn, rec, PROFILE_FIELDS)
         place = self._pack(conn, rec, PLACE_FIELDS)
-        for name, (kind, _column, _index, is_list) in FILTER_KINDS.items():
-            value = getattr(rec, _RECORD_FIELD[name])
-            if not value:
-                continue
-            for v in value if is_list else (value,):
-                tag = (kind, self.intern(conn, v)[0])
-                if tag not in g.tags:
-                    g.tags.add(tag)
-                    batch.tags.append((kind, tag[1], g.id))
+        # Every filter value is a function of these ids: an event like one already seen in the group adds
+        # no tag (most events of an execution).
+        signature = (strings[0], strings[1], strings[2], profile, place)
+        if signature not in g.signatures:
+            g.signatures.add(signature)
+            for name, (kind, _column, _index, is_list) in FILTER_KINDS.items():
+                value = getattr(rec, _RECORD_FIELD[name])
+                if not value:
+                    continue
+                for v in value if is_list else (value,):
+                    tag = (kind, self.intern(conn, v)[0])
+                    if tag not in g.tags:
+                        g.tags.add(tag)
+                        batch.tags.append((kind, tag[1], g.id))
         eid = rec.event_id
         packed_eid = pack_event_id(eid)
         row = (row_id, g.id, rec.time, rec.received_at, packed_eid, text_hash(eid))

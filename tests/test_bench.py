@@ -1,0 +1,43 @@
+"""The benchmark harness runs end to end on a few events (the real benchmark is `python bench/run.py`)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.mark.slow
+def test_bench_smoke_run_writes_every_table(tmp_path: Path) -> None:
+    out = tmp_path / "benchmarks.md"
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "run.py"),
+        "--smoke",
+        "--scenarios",
+        "small",
+        "--out",
+        str(out),
+        "--cache",
+        str(tmp_path / "cache"),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = out.read_text()
+    assert "python bench/run.py --smoke" in text
+    assert "Pinning:" in text
+    if shutil.which("wrk"):
+        row = next(line for line in text.splitlines() if line.startswith("| small events"))
+        cells = [c.strip() for c in row.split("|")]
+        assert int(cells[3].strip("*").replace(",", "")) > 0  # spintrail events/s
+        assert "non-200" not in text  # every request was answered 200
+    else:
+        assert "wrk is not installed" in text
+    assert "600/600 identical" in text  # every sampled event read back byte for byte
+    for table in ("## Storage", "## Queries at 600 events", "| server group |", "## Memory (server RSS)"):
+        assert table in text
