@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from spintrail import __version__, api, receive
 from spintrail.ingest import Ingestor
 from spintrail.metrics import Metrics
-from spintrail.settings import Settings
+from spintrail.settings import Settings, store_options
 from spintrail.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         own = app.state.store is None
         if own:
             app.state.store = open_store(
-                settings.database, batch_max=settings.commit_batch_max, queue_max=settings.write_queue_max
+                settings.database,
+                batch_max=settings.commit_batch_max,
+                queue_max=settings.write_queue_max,
+                **store_options(settings),
             )
         app.state.store.commit_observer = metrics.observe_commit
         app.state.ingestor = Ingestor(settings, app.state.store)

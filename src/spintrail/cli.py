@@ -23,7 +23,7 @@ from spintrail import __version__
 from spintrail.output import Format, emit
 from spintrail.query import FILTER_HELP, FILTER_NAMES, FilterError, Filters, parse_limit
 from spintrail.record import API_FIELDS
-from spintrail.settings import Settings, load_settings
+from spintrail.settings import Settings, load_settings, store_options
 from spintrail.store import PreparedEvent, Store, StoreError, open_store
 
 app = typer.Typer(
@@ -70,7 +70,10 @@ def settings_from(config: Path | None = None, **overrides: Any) -> Settings:
 def open_store_or_exit(settings: Settings) -> Store:
     try:
         return open_store(
-            settings.database, batch_max=settings.commit_batch_max, queue_max=settings.write_queue_max
+            settings.database,
+            batch_max=settings.commit_batch_max,
+            queue_max=settings.write_queue_max,
+            **store_options(settings),
         )
     except StoreError as exc:
         raise fail(f"{exc}") from None

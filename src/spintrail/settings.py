@@ -58,6 +58,19 @@ class Settings(BaseSettings):
         description="Most events waiting to be committed. When the queue is full, ingest answers 503 "
         "with Retry-After so echo retries later.",
     )
+    raw_compression_level: int = Field(
+        7,
+        ge=1,
+        le=19,
+        description="zstd level of the SQLite store's raw event streams. Higher levels store less and cost "
+        "more CPU per event (docs/benchmarks.md).",
+    )
+    raw_compression_memory: int = Field(
+        128 * 1024 * 1024,
+        ge=2 * 1024 * 1024,
+        description="Bytes of memory for the SQLite store's open compression streams (about 1.25 MiB each, "
+        "one per pipeline recently active). Fewer streams store more bytes per event.",
+    )
     log_level: str = Field("info", description="Log level: debug, info, warning or error.")
     access_log: bool = Field(
         False,
@@ -124,3 +137,13 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 def load_settings(**overrides: Any) -> Settings:
     """Settings from flags (``overrides`` with ``None`` meaning "not given"), env and config file."""
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def store_options(settings: Settings) -> dict[str, int]:
+    """The SQLite store's tuning settings as ``open_store`` keyword arguments (none for PostgreSQL)."""
+    if settings.database.startswith(("postgresql://", "postgres://")):
+        return {}
+    return {
+        "compression_level": settings.raw_compression_level,
+        "compression_memory": settings.raw_compression_memory,
+    }

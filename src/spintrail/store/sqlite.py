@@ -130,7 +130,7 @@ class SqliteStore(Store):
         batch_max: int = 2000,
         queue_max: int = 20000,
         compression_level: int = blobs.STREAM_LEVEL,
-        compression_memory: int = 64 << 20,
+        compression_memory: int = blobs.STREAM_MEMORY,
     ) -> None:
         super().__init__()
         self.path = str(path)
@@ -329,7 +329,8 @@ class SqliteStore(Store):
 
     def get_by_event_id(self, event_id: str) -> AuditRecord | None:
         found = self._records(
-            sqlite_layout.SELECT + " WHERE eid_hash = ?", (sqlite_layout.text_hash(event_id),)
+            f"{sqlite_layout.SELECT} WHERE {sqlite_layout.BY_EVENT_ID}",
+            (sqlite_layout.event_id_key(event_id),),
         )
         return next((r for r in found if r.event_id == event_id), None)
 

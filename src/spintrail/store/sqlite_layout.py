@@ -21,8 +21,8 @@ repeated thing once:
   back on reading: the UUID is the one part of an event nothing else predicts, and ``events`` has it.
 - ``events_fts``: full text, contentless and without token positions.
 
-Indexes on ``events``: time (newest-first pages and time ranges), group (candidate groups, timelines) and a
-32-bit hash of the event id (duplicates, lookups by event id).
+Indexes on ``events``: time (newest-first pages and time ranges), group (candidate groups, timelines) and
+the last 4 bytes of the event id (duplicates, lookups by event id; random bytes for a UUID).
 
 ``Writer`` is the writer thread's state (string, group and stream caches); ``Reader`` turns rows back into
 records and plans searches: from the candidate groups when they hold few events, else along the time index
@@ -70,7 +70,6 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "time",
     "received_at",
     "event_id",
-    "eid_hash",
     *STRING_COLUMNS,
     "profile",
     "place",
@@ -84,6 +83,7 @@ _INSERT = (
     + ")"
 )
 _N_STR = len(STRING_COLUMNS)
+_S0 = EVENT_COLUMNS.index(STRING_COLUMNS[0])  # first string id column of a row
 
 #: Filters, with their kind number in ``group_tags`` and ``pack_members``, and where the value lives:
 #: ``(kind, column, pack field index or None, is a list)``.
@@ -156,7 +156,6 @@ SCHEMA_V2 = (
         time INTEGER NOT NULL,
         received_at INTEGER NOT NULL,
         event_id BLOB NOT NULL,
-        eid_hash INTEGER NOT NULL,
     """
     + "".join(f'        "{c}" INTEGER,\n' for c in STRING_COLUMNS)
     + """        profile INTEGER,
@@ -164,7 +163,7 @@ SCHEMA_V2 = (
     );
     CREATE INDEX events_time ON events(time);
     CREATE INDEX events_grp ON events(grp);
-    CREATE INDEX events_eid ON events(eid_hash);
+    CREATE INDEX events_eid ON events(substr(event_id, -4));
     CREATE TABLE raw (
         id INTEGER PRIMARY KEY,
         codec INTEGER NOT NULL,
@@ -179,7 +178,7 @@ FTS_V2 = "CREATE VIRTUAL TABLE events_fts USING fts5(text, content='', columnsiz
 
 
 def text_hash(value: str) -> int:
-    """The signed 32-bit hash ``strings.hash`` and ``events.eid_hash`` hold (4 bytes in a record)."""
+    """The signed 32-bit hash ``strings.hash`` holds (4 bytes in a record)."""
     return zlib.crc32(value.encode("utf-8", "surrogatepass")) - 0x80000000
 
 
@@ -191,6 +190,16 @@ def pack_event_id(event_id: str) -> bytes | str:
     if len(event_id) == 36 and _UUID.fullmatch(event_id):
         return bytes.fromhex(event_id.replace("-", ""))
     return event_id
+
+
+def event_id_key(event_id: str) -> bytes | str:
+    """What ``events_eid`` indexes for an event id: the last 4 bytes of a packed UUID (random), else the
+    last 4 characters of the text."""
+    return pack_event_id(event_id)[-4:]
+
+
+#: Rows whose event id may be the one asked for (check ``event_id`` itself).
+BY_EVENT_ID = "substr(event_id, -4) = ?"
 
 
 def unpack_event_id(value: bytes | str) -> str:
@@ -265,7 +274,7 @@ class Writer:
     """
 
     def __init__(
-        self, *, compression_level: int = blobs.STREAM_LEVEL, compression_memory: int = 64 << 20
+        self, *, compression_level: int = blobs.STREAM_LEVEL, compression_memory: int = blobs.STREAM_MEMORY
     ) -> None:
         self.strings: dict[str, int] = {}
         self.packs: dict[tuple[Any, ...], int] = {}
@@ -287,15 +296,18 @@ class Writer:
         batch = Batch(next_id=(top or 0) + 1)
         if event_ids is not None:
             wanted = set(event_ids)
-            hashes = json.dumps(sorted({text_hash(e) for e in wanted}))
+            keys = list({event_id_key(e) for e in wanted})
             batch.stored = {}
-            for row_id, stored in conn.execute(
-                "SELECT id, event_id FROM events WHERE eid_hash IN (SELECT value FROM json_each(?))",
-                (hashes,),
-            ):
-                event_id = unpack_event_id(stored)
-                if event_id in wanted:
-                    batch.stored[event_id] = row_id
+            for i in range(0, len(keys), 500):
+                chunk = keys[i : i + 500]
+                for row_id, stored in conn.execute(
+                    "SELECT id, event_id FROM events WHERE substr(event_id, -4) IN"
+                    f" ({', '.join('?' for _ in chunk)})",
+                    chunk,
+                ):
+                    event_id = unpack_event_id(stored)
+                    if event_id in wanted:
+                        batch.stored[event_id] = row_id
         return batch
 
     # -- strings
@@ -384,7 +396,9 @@ class Writer:
             return batch.seen[event_id]
         if batch.stored is not None:
             return batch.stored.get(event_id)
-        for row in conn.execute("SELECT id, event_id FROM events WHERE eid_hash = ?", (text_hash(event_id),)):
+        for row in conn.execute(
+            f"SELECT id, event_id FROM events WHERE {BY_EVENT_ID}", (event_id_key(event_id),)
+        ):
             if unpack_event_id(row[1]) == event_id:
                 return int(row[0])
         return None
@@ -431,7 +445,7 @@ class Writer:
                         batch.tags.append((kind, tag[1], g.id))
         eid = rec.event_id
         packed_eid = pack_event_id(eid)
-        row = (row_id, g.id, rec.time, rec.received_at, packed_eid, text_hash(eid))
+        row = (row_id, g.id, rec.time, rec.received_at, packed_eid)
         batch.events.append((*row, *strings, profile, place))
         key = blobs.stream_key(
             rec.pipeline_config_id,
@@ -510,7 +524,7 @@ class Reader:
         strings = self._strings
         for row in rows:
             groups.add(row[1])
-            for v in row[6:]:
+            for v in row[_S0:]:
                 if v is not None and v not in strings:
                     want.add(v)
         self._load_strings(conn, want)
@@ -520,9 +534,9 @@ class Reader:
         for row in rows:
             kwargs: dict[str, Any] = {
                 c: (strings[v] if v is not None else None)
-                for c, v in zip(STRING_COLUMNS, row[6 : 6 + _N_STR], strict=True)
+                for c, v in zip(STRING_COLUMNS, row[_S0 : _S0 + _N_STR], strict=True)
             }
-            profile, place = row[6 + _N_STR], row[7 + _N_STR]
+            profile, place = row[_S0 + _N_STR], row[_S0 + _N_STR + 1]
             if profile is not None:
                 kwargs.update(zip(PROFILE_FIELDS, self._pack(profile), strict=True))
             if place is not None:
