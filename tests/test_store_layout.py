@@ -155,12 +155,24 @@ def test_raw_bytes_of_every_simulated_event_are_exact(
         store.close()
 
 
+@pytest.mark.parametrize("matches", ["few", "many"])
 def test_full_text_matches_every_token_of_a_name(
-    simulated: tuple[Path, list[AuditRecord], dict[int, bytes]],
+    simulated: tuple[Path, list[AuditRecord], dict[int, bytes]], matches: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Few matches are looked up by id; many (a common word) are checked along the time index.
+    monkeypatch.setattr(sqlite_layout, "PLAN_TEXT_MATCHES", 10**6 if matches == "few" else 0)
     path, records, _ = simulated
     store = SqliteStore(path)
     try:
+        word = store.search(Filters(q="orca"), limit=1000).records
+        assert (
+            [r.id for r in word]
+            == sorted(
+                (r.id or 0 for r in records if r.source == "orca"),
+                key=lambda i: (store.get(i).time, i),  # type: ignore[union-attr]
+                reverse=True,
+            )[: len(word)]
+        )
         name = next(sg for r in records for sg in r.server_groups)
         found = store.search(Filters(q=name), limit=1000).records
         assert found and all(name in r.server_groups or name in (r.description or "") for r in found[:3])

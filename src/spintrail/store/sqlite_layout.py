@@ -698,14 +698,20 @@ class Reader:
             match = fulltext.fts5_query(f.q)
             if match is None:
                 return None
-            found = conn.execute("SELECT rowid FROM events_fts WHERE events_fts MATCH ?", (match,))
+            found = conn.execute(
+                "SELECT rowid FROM events_fts WHERE events_fts MATCH ? LIMIT ?",
+                (match, PLAN_TEXT_MATCHES + 1),
+            )
             hits = [r[0] for r in found]
             if not hits:
                 return None
-            where.append("id IN (SELECT value FROM json_each(?))")
-            args.append(json.dumps(hits))
             if len(hits) <= PLAN_TEXT_MATCHES:
+                where.append("id IN (SELECT value FROM json_each(?))")
+                args.append(json.dumps(hits))
                 index = None  # look the matches up by id
+            else:  # a common word: walk the time index, checking each event against the matches
+                where.append("id IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)")
+                args.append(match)
         return Plan(where, args, index)
 
     def _tagged(self, conn: sqlite3.Connection, kind: int, ids: list[int]) -> set[int]:
