@@ -56,7 +56,8 @@ def main() -> None:
     )
     assert feeder.stdout is not None
     tune_gc()  # as spintrail serve does
-    settings = Settings(database=args.database)
+    # raw_events=keep: the storage figures are for byte-exact evidence (the default, redact, stores less).
+    settings = Settings(database=args.database, raw_events="keep")
     store = open_store(
         args.database,
         batch_max=settings.commit_batch_max,
