@@ -130,6 +130,15 @@ _CTX_K8S_SECRET_ANNOTATIONS = 6
 _CTX_SECRET_VALUE = 7  # the container itself is a secret value being hashed element-wise (lists)
 
 _CACHE_LIMIT = 50_000
+
+#: Keys whose values get a context of their own (or are embedded documents): a dict holding any of them is
+#: always visited key by key.
+_CONTEXT_KEYS = frozenset(
+    {
+        "customHeaders", "requestHeaders", "headers", "trigger", "other", "data", "stringData", "metadata",
+        "annotations", "rawContent", "pipeline",
+    }
+)  # fmt: skip
 _MAX_KEY_LENGTH = 100
 
 
@@ -195,6 +204,9 @@ class Redactor:
                 raise ValueError(f"invalid secret key pattern {p!r}: {exc}") from exc
         self._extras = extras
         self._cache: dict[str, int] = {}
+        # Keys known to be plain wherever they appear in an ordinary dict: a dict whose keys all are (and
+        # whose "name" is not secret-looking) is copied whole, its children visited, without a per-key rule.
+        self._plain: set[str] = set()
 
     # ------------------------------------------------------------------ hashing
 
@@ -246,7 +258,8 @@ class Redactor:
         return self._classify(name) == _SECRET
 
     @staticmethod
-    def _looks_like_account(value: str) -> bool:
+    def looks_like_account(value: str) -> bool:
+        """Whether a ``credentials`` value is a Spinnaker account name (kept) rather than a secret."""
         return len(value) <= 64 and bool(_ACCOUNT_NAME.fullmatch(value)) and not _HEX_BLOB.fullmatch(value)
 
     # ------------------------------------------------------------------ walk
@@ -258,18 +271,29 @@ class Redactor:
         # (value, container to write into, slot in that container, context of value's own children)
         stack: list[tuple[Any, Any, Any, int]] = [(event, holder, 0, _CTX_NORMAL)]
         known = self._known_places
+        plain = self._plain
         while stack:
             value, parent, slot, ctx = stack.pop()
             if isinstance(value, dict):
-                out: dict[Any, Any] = {}
-                parent[slot] = out
                 secret_name_pair = (
                     ctx == _CTX_NORMAL
                     and isinstance(value.get("name"), str)
                     and self._classify(value["name"]) == _SECRET
                 )
+                if ctx == _CTX_NORMAL and not secret_name_pair and value.keys() <= plain:
+                    out = dict(value)
+                    parent[slot] = out
+                    for k, v in out.items():
+                        t = type(v)
+                        if t is dict or t is list or (t is not str and isinstance(v, dict | list | tuple)):
+                            stack.append((v, out, k, _CTX_NORMAL))
+                    continue
+                out = {}
+                parent[slot] = out
                 k8s_secret = known and value.get("kind") == "Secret"
                 for k, v in value.items():
+                    if ctx == _CTX_NORMAL and k not in plain and isinstance(k, str):
+                        self._learn(k)
                     decision = self._decide(k, v, ctx, secret_name_pair)
                     if decision == _SECRET:
                         if isinstance(v, list | tuple):
@@ -310,6 +334,13 @@ class Redactor:
                 parent[slot] = value
         return holder[0], count
 
+    def _learn(self, key: str) -> None:
+        """Remember ``key`` as plain in ordinary dicts when no rule or known place concerns it."""
+        if key not in _CONTEXT_KEYS and self._classify(key) == _PLAIN:
+            if len(self._plain) >= _CACHE_LIMIT:
+                self._plain.clear()
+            self._plain.add(key)
+
     def _decide(self, key: Any, value: Any, ctx: int, secret_name_pair: bool) -> int:
         """``_SECRET`` when the value under ``key`` must be hashed, else ``_PLAIN``."""
         if value is None or isinstance(value, bool):
@@ -329,7 +360,7 @@ class Redactor:
         if kind == _PLAIN:
             return _PLAIN
         if kind == _CREDENTIAL:
-            if isinstance(value, str) and self._looks_like_account(value):
+            if isinstance(value, str) and self.looks_like_account(value):
                 return _PLAIN
             return _SECRET
         if (

@@ -32,6 +32,94 @@ _SECRET_WORD = re.compile(
 _HASH = re.compile(r"hmac-sha256:[0-9a-f]{64}")
 
 
+#: Prefilter over a whole event's bytes: when none of these occur, neither pass could replace anything and
+#: the event is kept as it arrived, without walking it. Together they are a superset of every key rule and
+#: known place of ``redact.py`` and of the free-text rules, matched on the lowercased JSON text. Each is a
+#: plain substring search (or a regular expression starting with one), so an event costs a few scans.
+_WORDS = (
+    "pass", "pwd", "secret", "token", "authoriz", "cookie", "signature", "bearer", "jwt", "customheaders",
+    "hmac-sha256:",
+)  # fmt: skip
+#: Separators inside keys (``api-key``, ``apiKey``, ``api\tkey``): any run of non-alphanumerics or escapes.
+_SEP = r"(?:[^a-z0-9]|\\[bfnrt])*"
+_GATED: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("auth", re.compile(r"auth(?![a-z0-9])")),  # a key ending in the word auth; not "authentication"
+    *(
+        (w, re.compile(w + _SEP + "key"))
+        for w in ("api", "private", "access", "signing", "encryption", "master")
+    ),
+    ("connection", re.compile("connection" + _SEP + "string")),
+    ("pipeline", re.compile(r"pipeline\\*\"(?:\s|\\[nrt])*:(?:\s|\\[nrt])*\\*\"e")),  # base64 pipeline config
+    ("://", re.compile(r"://[^/\s:@]+:[^@\s/]+@")),  # user-info in URLs
+)
+#: ``"credentials": "prod"`` (orca's account field) is not secret: an occurrence of ``credential`` that is
+#: the last word of such a key (as its snake form splits it) with an account-name value does not count.
+_ACCOUNT_VALUE = re.compile(r"s?\"\s*:\s*\"([^\"\\]*)\"", re.IGNORECASE)
+#: Characters that case-fold to or from ASCII letters (U+017F long s matches ``s`` ignoring case, U+212A
+#: is a Kelvin sign): where any occurs, the lowercased text is not a safe stand-in and the event is walked.
+_FOLDS = re.compile("[\u00df\u0130\u0131\u0149\u017f\u01f0\u1e96-\u1e9a\u1e9e\u212a\ufb00-\ufb06]")
+
+
+def _only_account_credentials(text: str, low: str) -> bool:
+    """Whether every ``credential`` in the text is an account-name pair such as ``"credentials":"prod"``."""
+    at = low.find("credential")
+    while at >= 0:
+        before = text[at - 1] if at else '"'
+        first = text[at]
+        # "credentials" must be a word of the key's snake form: after a non-alphanumeric, or a camel hump.
+        hump = before.islower() or before.isdigit() or (before.isupper() and text[at + 1] == "r")
+        word = (not before.isascii() or not before.isalnum()) or (first == "C" and hump)
+        match = _ACCOUNT_VALUE.match(text, at + 10) if word else None
+        if match is None or not Redactor.looks_like_account(match.group(1)):
+            return False
+        at = low.find("credential", match.end())
+    return True
+
+
+def may_need_redaction(raw: bytes) -> bool:
+    """False only when no key rule, known place or free-text rule can match anywhere in ``raw``."""
+    if b"\\u" in raw:  # escaped characters could spell a key or a word the prefilter cannot see
+        return True
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    if not text.isascii() and _FOLDS.search(text):
+        return True
+    low = text.lower()
+    for word in _WORDS:
+        if word in low:
+            return True
+    for word, pattern in _GATED:
+        if word in low and pattern.search(low):
+            return True
+    return "credential" in low and not _only_account_credentials(text, low)
+
+
+#: Where a free-text trigger word occurs in compact JSON: the rest of its string, and whether a ':' follows
+#: (then the string is a key, which the free-text pass never rewrites).
+_REST_OF_STRING = re.compile(r'(?:[^"\\]|\\.)*"(:?)')
+#: The free-text rules' trigger words (``_SECRET_WORD``); ``api/access/private[_-]key`` are found by "key".
+_TEXT_WORDS = ("authoriz", "cookie", "signature", "bearer", "pass", "pwd", "secret", "token", "key")
+_KEY_PREFIX = re.compile(r"(?:api|access|private)[_-]?$")
+_USERINFO = re.compile(r"://[^/\s:@]+:[^@\s/]+@")
+
+
+def _text_rules_may_apply(serialized: str) -> bool:
+    """Whether any string value (not key) of compact JSON could hold a free-text secret."""
+    low = serialized.lower()
+    for word in _TEXT_WORDS:
+        at = low.find(word)
+        while at >= 0:
+            end = at + len(word)
+            if word != "key" or _KEY_PREFIX.search(low, max(0, at - 8), at):
+                rest = _REST_OF_STRING.match(low, end)
+                if rest is None or not rest.group(1):
+                    return True
+            at = low.find(word, end)
+    return "://" in low and _USERINFO.search(low) is not None
+
+
 def _may_hold_secret(value: str) -> bool:
     # Every text rule needs a ':' or '=' after its keyword, or whitespace after "bearer"; most strings
     # (names, ids, versions) have neither and are skipped before the regular expression.
@@ -65,12 +153,19 @@ class Scrubber:
     """Redacts events and free text with one installation's key, and applies the ``raw_events`` choice."""
 
     def __init__(
-        self, key: bytes, *, raw_events: str = "redact", extra_patterns: tuple[str, ...] = ()
+        self,
+        key: bytes,
+        *,
+        raw_events: str = "redact",
+        extra_patterns: tuple[str, ...] = (),
+        prefilter: bool = True,
     ) -> None:
         if raw_events not in ("keep", "redact", "drop"):
             raise ValueError(f"raw_events must be keep, redact or drop, not {raw_events!r}")
         self.redactor = Redactor(key, extra_patterns=extra_patterns)
         self.raw_events = raw_events
+        # Extra key patterns are arbitrary regular expressions the prefilter cannot cover.
+        self._always_walk = bool(extra_patterns) or not prefilter
 
     def hash_value(self, value: str) -> str:
         """The ``hmac-sha256:`` form a secret value takes in this installation."""
@@ -83,10 +178,33 @@ class Scrubber:
         return self.redactor.redact_text(value)
 
     def scrub(self, event: dict[str, Any], raw: bytes) -> Scrubbed:
+        """The event with its secrets replaced, and what to keep of ``raw`` (the bytes it was decoded from).
+
+        When the prefilter finds nothing that any rule could replace anywhere in ``raw``, the event is
+        returned as it is and the bytes as received are kept, with ``redact`` too: nothing in them is secret.
+        """
+        if not self._always_walk and raw and not may_need_redaction(raw):
+            return Scrubbed(
+                event=event,
+                raw=raw if self.raw_events != "drop" else b"",
+                keep_raw=self.raw_events != "drop",
+                raw_sha256=hashlib.sha256(raw).digest(),
+                replaced=0,
+                secret_hashes=(),
+            )
         redacted, replaced = self.redactor.redact(event)
-        more, hashes = self._scrub_strings(redacted)
-        replaced += more
-        kept = raw if self.raw_events == "keep" else serialize(redacted)
+        # With redact the re-serialized event is needed anyway; where no string value in it holds a
+        # free-text trigger (only keys such as "Authorization" of hashed headers do), the pass is skipped.
+        serialized = serialize(redacted) if self.raw_events != "keep" else None
+        text = serialized.decode("utf-8") if serialized is not None and b"\\u" not in serialized else None
+        if text is not None and not _text_rules_may_apply(text):
+            hashes = set(_HASH.findall(text))
+        else:
+            more, hashes = self._scrub_strings(redacted)
+            replaced += more
+            if more and serialized is not None:
+                serialized = serialize(redacted)
+        kept = raw if serialized is None else serialized
         return Scrubbed(
             event=redacted,
             raw=kept if self.raw_events != "drop" else b"",

@@ -183,7 +183,8 @@ class Settings(BaseSettings):
     raw_events: Literal["keep", "redact", "drop"] = Field(
         "redact",
         description="What is kept of each event's original bytes: `keep` (exact evidence, but secrets at "
-        "rest), `redact` (the redacted event re-serialized: no secrets, not byte-exact) or `drop` (only the "
+        "rest), `redact` (no secrets at rest: the bytes as received when nothing in them is secret, else the "
+        "redacted event re-serialized) or `drop` (only the "
         "record and the hash).",
     )
     redaction_key_file: Path | None = Field(
