@@ -95,6 +95,7 @@ def create_app(
         app.state.ingestor = Ingestor(settings, store)
     app.add_middleware(ReleaseInflight)
     app.include_router(receive.router)
+    receive.serve_directly(app)
     app.include_router(api.router)
     app.include_router(receive_hec.router)
     app.include_router(forward_api.router)
