@@ -192,3 +192,18 @@ def test_extra_patterns_always_walk() -> None:
     assert not may_need_redaction(raw)
     scrubbed = Scrubber(KEY, extra_patterns=("own_field",)).scrub(json.loads(raw), raw)
     assert scrubbed.replaced == 1 and b"hunter2" not in scrubbed.raw
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"content": {"buildNumber": 123456789012345678901234567890}},  # beyond 64 bits
+        {"content": {"note": "lone \ud800 surrogate"}},
+        {"content": {"n": 18446744073709551615, "m": -9223372036854775808, "f": 1e16, "s": "caf\u00e9"}},
+    ],
+)
+def test_the_redacted_event_is_serialized_without_loss(event: dict[str, Any]) -> None:
+    from spintrail.scrub import serialize
+
+    text = serialize(event)
+    assert json.loads(text) == event

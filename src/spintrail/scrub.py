@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from spintrail.redact import Redactor
 
 #: A string can only hold a free-text secret if it mentions one of these (a superset of the triggers of
@@ -141,7 +143,16 @@ class Scrubbed:
 
 
 def serialize(event: Any) -> bytes:
-    """Compact JSON of an event (UTF-8; lone surrogates escaped rather than lost)."""
+    """Compact JSON of an event (UTF-8; lone surrogates escaped rather than lost).
+
+    orjson writes it several times faster than ``json``; what orjson refuses (integers beyond 64 bits, lone
+    surrogates) is written by ``json``. Decoded events hold no NaN or infinity (``decode`` refuses them),
+    which orjson would write as ``null``.
+    """
+    try:
+        return orjson.dumps(event)
+    except (orjson.JSONEncodeError, TypeError):
+        pass
     text = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
     try:
         return text.encode("utf-8")
