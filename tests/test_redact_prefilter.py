@@ -207,3 +207,26 @@ def test_the_redacted_event_is_serialized_without_loss(event: dict[str, Any]) ->
 
     text = serialize(event)
     assert json.loads(text) == event
+
+
+@pytest.mark.parametrize("raw_events", ["redact", "keep"])
+def test_scrubbing_leaves_the_received_event_as_it_was(raw_events: str) -> None:
+    import copy
+
+    event = {
+        "details": {"type": "orca:stage:complete"},
+        "content": {
+            "context": {
+                "note": "deploy with password=hunter2",
+                "password": "p",
+                "stage": {"a": [1, {"b": 2}]},
+            },
+            "plain": {"x": [{"y": "z"}]},
+        },
+    }
+    before = copy.deepcopy(event)
+    raw = json.dumps(event).encode()
+    scrubbed = Scrubber(KEY, raw_events=raw_events).scrub(event, raw)
+    assert event == before  # what ids are derived from, and what keep stores
+    assert scrubbed.replaced == 2 and "hunter2" not in json.dumps(scrubbed.event)
+    assert scrubbed.event["content"]["plain"] == before["content"]["plain"]

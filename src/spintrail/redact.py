@@ -130,6 +130,8 @@ _CTX_K8S_SECRET_ANNOTATIONS = 6
 _CTX_SECRET_VALUE = 7  # the container itself is a secret value being hashed element-wise (lists)
 
 _CACHE_LIMIT = 50_000
+_MAX_SHARED_DEPTH = 200
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 #: Keys whose values get a context of their own (or are embedded documents): a dict holding any of them is
 #: always visited key by key.
@@ -265,11 +267,118 @@ class Redactor:
     # ------------------------------------------------------------------ walk
 
     def redact(self, event: Any) -> tuple[Any, int]:
-        """Return a redacted copy of ``event`` (input untouched) and the number of values replaced."""
+        """Return ``event`` with its secrets replaced, and the number of values replaced.
+
+        The input is never mutated: every dict and list on the way to a replaced value is a new one, while
+        parts with nothing replaced are the input's own (so an event with no secret comes back as itself).
+        """
+        t = type(event)
+        if t is dict or t is list:
+            return self._shared(event, 0)
+        return self._walk(event, _CTX_NORMAL)
+
+    def _shared(self, value: Any, depth: int) -> tuple[Any, int]:
+        """Redact an ordinary (context-free) dict or list, copying only what changes.
+
+        Recursive for speed; below ``_MAX_SHARED_DEPTH`` levels (and for containers in a context of their
+        own) the iterative ``_walk`` takes over, so nesting depth is never a problem.
+        """
+        if depth > _MAX_SHARED_DEPTH:
+            return self._walk(value, _CTX_NORMAL)
+        plain = self._plain
+        count = 0
+        if type(value) is list:
+            changed: dict[Any, Any] | None = None
+            for i, v in enumerate(value):
+                t = type(v)
+                if t is dict or t is list:
+                    new, n = self._shared(v, depth + 1)
+                elif t in _SCALARS or not isinstance(v, dict | list | tuple):
+                    continue
+                else:
+                    new, n = self._walk(v, _CTX_NORMAL)
+                if new is not v:
+                    count += n
+                    if changed is None:
+                        changed = {}
+                    changed[i] = new
+            if changed is None:
+                return value, 0
+            out_list = list(value)
+            for i, new in changed.items():
+                out_list[i] = new
+            return out_list, count
+        name = value.get("name")
+        secret_name_pair = type(name) is str and self._classify(name) == _SECRET
+        if not secret_name_pair and value.keys() <= plain:
+            changed = None
+            for k, v in value.items():
+                t = type(v)
+                if t is dict or t is list:
+                    new, n = self._shared(v, depth + 1)
+                elif t in _SCALARS or not isinstance(v, dict | list | tuple):
+                    continue
+                else:
+                    new, n = self._walk(v, _CTX_NORMAL)
+                if new is not v:
+                    count += n
+                    if changed is None:
+                        changed = {}
+                    changed[k] = new
+            if changed is None:
+                return value, 0
+            out = dict(value)
+            out.update(changed)
+            return out, count
+        # A dict a rule or known place concerns: every key is decided, as in ``_walk``.
+        out = {}
+        is_changed = False
+        known = self._known_places
+        k8s_secret = known and value.get("kind") == "Secret"
+        for k, v in value.items():
+            t = type(v)
+            if not secret_name_pair and k in plain:
+                if t is dict or t is list:
+                    new, n = self._shared(v, depth + 1)
+                elif t in _SCALARS or not isinstance(v, dict | list | tuple):
+                    out[k] = v
+                    continue
+                else:
+                    new, n = self._walk(v, _CTX_NORMAL)
+            else:
+                if isinstance(k, str):
+                    self._learn(k)
+                decision = self._decide(k, v, _CTX_NORMAL, secret_name_pair)
+                if decision == _SECRET:
+                    if isinstance(v, list | tuple):
+                        new, n = self._walk(v, _CTX_SECRET_VALUE)
+                    else:
+                        new, n = self._secret_scalar_or_object(v)
+                elif not isinstance(v, dict | list | tuple):
+                    new, n = v, 0
+                    if known and t is str:
+                        if k == "rawContent":
+                            new, n = self._redact_raw(v)
+                        elif k == "pipeline":
+                            new, n = self._redact_base64_pipeline(v)
+                else:
+                    ctx = self._child_context(k, v, k8s_secret, _CTX_NORMAL)
+                    if ctx == _CTX_NORMAL and (t is dict or t is list):
+                        new, n = self._shared(v, depth + 1)
+                    else:
+                        new, n = self._walk(v, ctx)
+            out[k] = new
+            if new is not v:
+                count += n
+                is_changed = True
+        return (out, count) if is_changed else (value, 0)
+
+    def _walk(self, event: Any, context: int) -> tuple[Any, int]:
+        """Redact ``event`` read in ``context``: an iterative walk returning a full copy."""
         holder: list[Any] = [None]
         count = 0
         # (value, container to write into, slot in that container, context of value's own children)
-        stack: list[tuple[Any, Any, Any, int]] = [(event, holder, 0, _CTX_NORMAL)]
+        stack: list[tuple[Any, Any, Any, int]] = [(event, holder, 0, context)]
         known = self._known_places
         plain = self._plain
         while stack:
@@ -291,9 +400,20 @@ class Redactor:
                 out = {}
                 parent[slot] = out
                 k8s_secret = known and value.get("kind") == "Secret"
+                shortcut = ctx == _CTX_NORMAL and not secret_name_pair
                 for k, v in value.items():
-                    if ctx == _CTX_NORMAL and k not in plain and isinstance(k, str):
-                        self._learn(k)
+                    if shortcut:
+                        if k in plain:  # as the rules below would decide, without asking them
+                            t = type(v)
+                            container = t is dict or t is list
+                            if container or (t not in _SCALARS and isinstance(v, dict | list | tuple)):
+                                out[k] = None
+                                stack.append((v, out, k, _CTX_NORMAL))
+                            else:
+                                out[k] = v
+                            continue
+                        if isinstance(k, str):
+                            self._learn(k)
                     decision = self._decide(k, v, ctx, secret_name_pair)
                     if decision == _SECRET:
                         if isinstance(v, list | tuple):
@@ -326,10 +446,12 @@ class Redactor:
                         else:
                             lst[i], n = self._secret_scalar_or_object(v)
                             count += n
-                    elif isinstance(v, dict | list | tuple):
-                        stack.append((v, lst, i, _CTX_NORMAL))
                     else:
-                        lst[i] = v
+                        t = type(v)
+                        if t is dict or t is list or (t is not str and isinstance(v, dict | list | tuple)):
+                            stack.append((v, lst, i, _CTX_NORMAL))
+                        else:
+                            lst[i] = v
             else:
                 parent[slot] = value
         return holder[0], count

@@ -211,6 +211,9 @@ class Scrubber:
         if text is not None and not _text_rules_may_apply(text):
             hashes = set(_HASH.findall(text))
         else:
+            # The free-text pass rewrites strings in place; the redacted event shares its unchanged parts
+            # with the input (which must stay as received), so it works on a fresh copy.
+            redacted = json.loads(serialized if serialized is not None else serialize(redacted))
             more, hashes = self._scrub_strings(redacted)
             replaced += more
             if more and serialized is not None:
