@@ -151,7 +151,7 @@ def run_ingest(report: Report, be: Backend, mode: Mode, args: argparse.Namespace
                 s,
                 be,
                 be.scratch,
-                connections=args.connections,
+                connections=ingest.connections_for(s, args.connections),
                 seconds=mode.seconds,
                 probe_seconds=mode.probe,
             )
