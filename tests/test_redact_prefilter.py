@@ -230,3 +230,24 @@ def test_scrubbing_leaves_the_received_event_as_it_was(raw_events: str) -> None:
     assert event == before  # what ids are derived from, and what keep stores
     assert scrubbed.replaced == 2 and "hunter2" not in json.dumps(scrubbed.event)
     assert scrubbed.event["content"]["plain"] == before["content"]["plain"]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "api" + "-" * 70 + "key",  # a separator run longer than the prefilter's window
+        "encryption" + " " * 60 + "key",
+        "api\t\t\tkey",
+        "Encryption\u00e9\u00e9Key",
+        "private\n" * 3 + "key",
+        "xapi_key",
+    ],
+)
+def test_secret_keys_with_long_or_odd_separators_are_walked(key: str) -> None:
+    for ensure_ascii in (True, False):
+        event = {"details": {"type": "build"}, "content": {key: "Hunter2!"}}
+        raw = json.dumps(event, ensure_ascii=ensure_ascii)
+        assert may_need_redaction(raw.encode())
+        fast = Scrubber(KEY).scrub(json.loads(raw), raw.encode())
+        slow = Scrubber(KEY, prefilter=False).scrub(json.loads(raw), raw.encode())
+        assert fast.event == slow.event and fast.replaced == slow.replaced == 1

@@ -46,14 +46,41 @@ _WORDS = (
 _SEP = r"(?:[^a-z0-9]|\\[bfnrt])*"
 _GATED: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("auth", re.compile(r"auth(?![a-z0-9])")),  # a key ending in the word auth; not "authentication"
-    *(
-        (w, re.compile(w + _SEP + "key"))
-        for w in ("api", "private", "access", "signing", "encryption", "master")
-    ),
     ("connection", re.compile("connection" + _SEP + "string")),
     ("pipeline", re.compile(r"pipeline\\*\"(?:\s|\\[nrt])*:(?:\s|\\[nrt])*\\*\"e")),  # base64 pipeline config
     ("://", re.compile(r"://[^/\s:@]+:[^@\s/]+@")),  # user-info in URLs
 )
+#: Words that make a following ``key`` secret (``api_key``, ``privateKey``, ``signing-key`` ...).
+_KEY_OWNERS = ("api", "private", "access", "signing", "encryption", "master")
+_KEY_OWNER = re.compile("(?:" + "|".join(_KEY_OWNERS) + ")" + _SEP + r"\Z")
+_SEP_TAIL = re.compile(_SEP + r"\Z")
+_ASCII_SEPARATORS = "".join(chr(c) for c in range(128) if not chr(c).isalnum())
+_KEY_WINDOW = 64
+
+
+def _owned_key(low: str) -> bool:
+    """Whether some ``key`` in the lowercased text follows one of ``_KEY_OWNERS`` across separators.
+
+    Separator runs longer than the window count as a match (the word could lie beyond it).
+    """
+    at = low.find("key")
+    while at >= 0:
+        lo = max(0, at - _KEY_WINDOW)
+        window = low[lo:at]
+        if window.isascii() and "\\" not in window:
+            before = lo + len(window.rstrip(_ASCII_SEPARATORS))
+            if (lo and before == lo) or low.endswith(_KEY_OWNERS, 0, before):
+                return True
+        else:  # escapes (``\t`` holds a letter) or non-ASCII separators: regular expressions
+            if _KEY_OWNER.search(low, lo, at):
+                return True
+            tail = _SEP_TAIL.search(low, lo, at)
+            if lo and tail is not None and tail.start() <= lo + 1:
+                return True
+        at = low.find("key", at + 3)
+    return False
+
+
 #: ``"credentials": "prod"`` (orca's account field) is not secret: an occurrence of ``credential`` that is
 #: the last word of such a key (as its snake form splits it) with an account-name value does not count.
 _ACCOUNT_VALUE = re.compile(r"s?\"\s*:\s*\"([^\"\\]*)\"", re.IGNORECASE)
@@ -95,6 +122,8 @@ def may_need_redaction(raw: bytes) -> bool:
     for word, pattern in _GATED:
         if word in low and pattern.search(low):
             return True
+    if "key" in low and _owned_key(low):
+        return True
     return "credential" in low and not _only_account_credentials(text, low)
 
 
