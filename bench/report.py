@@ -45,6 +45,7 @@ class Report:
     query_events: int = 0
     memory: list[MemResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    profiles: list[tuple[str, str, list[str]]] = field(default_factory=list)  # (title, figures, table)
     started: float = field(default_factory=time.time)
     finished: float = 0.0
 
@@ -145,6 +146,8 @@ def render(r: Report) -> str:
     missed: list[str] = []
     if r.ingest:
         out += _ingest(r, missed)
+    if r.profiles:
+        out += _profiles(r)
     if r.storage:
         out += _storage(r, missed)
     if r.queries:
@@ -156,7 +159,59 @@ def render(r: Report) -> str:
     out.append("")
     if r.notes:
         out += ["## Notes", "", *[f"- {n}" for n in r.notes], ""]
+    out += HOW_TO_RUN
     return "\n".join(out)
+
+
+HOW_TO_RUN = [
+    "## Running the benchmark",
+    "",
+    "Needs `wrk` (`apt-get install wrk`) for ingest and `py-spy` (`pip install py-spy`) for profiles; "
+    "everything runs on loopback, pinned to the machine's two cores (server on CPU 0, load and harness on "
+    "CPU 1), and stops by itself.",
+    "",
+    "```sh",
+    "python bench/run.py --quick              # minutes: short ingest runs; storage, queries at 100k",
+    "python bench/run.py                      # longer ingest runs, best of two",
+    "python bench/run.py --full               # also storage, queries and memory at 1M events",
+    "python bench/run.py --quick --profile    # and a py-spy profile of every ingest target missed",
+    "python bench/run.py --database postgresql://user@127.0.0.1/postgres   # the same on PostgreSQL",
+    "python bench/run.py --only ingest --scenarios mix,large --out /tmp/report.md",
+    "python bench/profile.py mix              # one traffic, profiled by hand (top frames printed)",
+    "```",
+    "",
+    "`--query-db FILE` keeps the filled query database (SQLite) and reuses it on the next run; generated "
+    "request bodies are cached in `~/.cache/spintrail-bench`. `python bench/run.py --help` lists every "
+    "option.",
+    "",
+]
+
+
+def ingest_target(res: Result) -> tuple[str, bool, str]:
+    """(the target, whether it is met, by how much) of an ingest result."""
+    assert res.spintrail is not None
+    ev = res.spintrail.events_per_s
+    what, kind, value = INGEST_TARGETS[res.scenario.key]
+    if kind == "abs":
+        return what, ev >= value, f"{ev / value * 100:.0f}% of it"
+    f_sto = ev / res.storage_ceiling if res.storage_ceiling else float("nan")
+    return what, f_sto >= value, f"{f_sto * 100:.0f}% of the ceiling"
+
+
+def _profiles(r: Report) -> list[str]:
+    out = [
+        "## Where the time goes",
+        "",
+        "For each ingest target missed, py-spy sampled `spintrail serve` (the thread holding the GIL, 250 "
+        "times a second) while wrk drove the same traffic again on a fresh database "
+        "(`python bench/profile.py <traffic>` does the same by hand). *Inclusive* is the share of samples "
+        "inside a function or anything it called; *self* the share in the function's own code (C code it "
+        "calls, such as the JSON parser, counts as its caller's self).",
+        "",
+    ]
+    for title, figures, table in r.profiles:
+        out += [f"### {title}", "", figures, "", *table, ""]
+    return out
 
 
 def _ingest(r: Report, missed: list[str]) -> list[str]:
@@ -185,13 +240,7 @@ def _ingest(r: Report, missed: list[str]) -> list[str]:
         assert st is not None and hc is not None
         ev = st.events_per_s
         f_sto = ev / res.storage_ceiling if res.storage_ceiling else float("nan")
-        what, kind, value = INGEST_TARGETS[s.key]
-        if kind == "abs":
-            ok = ev >= value
-            how = f"{ev / value * 100:.0f}% of it"
-        else:
-            ok = f_sto >= value
-            how = f"{f_sto * 100:.0f}% of the ceiling"
+        what, ok, how = ingest_target(res)
         if not ok:
             missed.append(f"ingest, {s.title}: {what}; measured {ev:,.0f} events/s ({how})")
         cpu = f"{st.cpu_us_per_event:,.0f} µs ({st.events_per_cpu_second:,.0f}/s)"

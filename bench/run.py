@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from bench import ingest, memory, pools, procs, queries, storage  # noqa: E402
 from bench.backends import Backend, backend, is_postgres  # noqa: E402
 from bench.events import huge_event  # noqa: E402
-from bench.report import Report, render  # noqa: E402
+from bench.report import Report, ingest_target, render  # noqa: E402
 
 PARTS = ("ingest", "storage", "queries", "memory")
 SCENARIOS = ("small", "mix", "mix_batch", "large")
@@ -90,6 +90,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"comma-separated ingest traffic to measure ({', '.join(SCENARIOS)})",
     )
     parser.add_argument("--connections", type=int, default=32, help="connections of the load generator")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile each ingest scenario that misses its target with py-spy (pip install py-spy)",
+    )
     parser.add_argument("--seconds", type=float, help="length of each measured ingest run")
     parser.add_argument(
         "--query-db",
@@ -164,6 +169,44 @@ def run_ingest(report: Report, be: Backend, mode: Mode, args: argparse.Namespace
                 best = r
         assert best is not None
         report.ingest.append(best)
+    if args.profile:
+        run_profiles(report, be, mode, args)
+
+
+def run_profiles(report: Report, be: Backend, mode: Mode, args: argparse.Namespace) -> None:
+    """py-spy over the server for every ingest scenario whose target was missed."""
+    from bench import profile
+
+    pyspy = profile.pyspy_path()
+    if pyspy is None:
+        report.notes.append("profiles skipped: py-spy is not installed (pip install py-spy)")
+        return
+    for res in report.ingest:
+        what, ok, how = ingest_target(res)
+        if ok:
+            continue
+        s = res.scenario
+        log(f"profiling {s.key} ({what}: {how})")
+        database = be.fresh(f"profile_{s.key}")
+        try:
+            p = profile.profile_scenario(
+                s,
+                be.scratch,
+                database=database,
+                seconds=mode.seconds,
+                connections=res.connections,
+                pyspy=pyspy,
+            )
+        finally:
+            be.drop(database)
+        if p.raw is None:
+            report.notes.append(f"profile of {s.key}: py-spy recorded nothing")
+            continue
+        figures = (
+            f"While profiled: {p.events_per_s:,.0f} events/s, server CPU {p.cpu_us_per_event:,.0f} µs per "
+            f"event ({what}; {how})."
+        )
+        report.profiles.append((s.title, figures, profile.summary(p.raw)))
 
 
 def run_storage(report: Report, be: Backend, mode: Mode, args: argparse.Namespace) -> str | None:
