@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 import re
@@ -215,7 +214,7 @@ class Redactor:
     def hash_value(self, value: str) -> str:
         """``hmac-sha256:<hex>`` of the UTF-8 bytes of ``value`` under this installation's key."""
         data = value.encode("utf-8", "surrogatepass")  # JSON may carry lone surrogate escapes
-        digest = hmac.new(self._key, data, hashlib.sha256).hexdigest()
+        digest = hmac.digest(self._key, data, "sha256").hex()  # one-shot: no HMAC object per value
         return HASH_PREFIX + digest
 
     def _hash_any(self, value: Any) -> str:
