@@ -251,3 +251,23 @@ def test_secret_keys_with_long_or_odd_separators_are_walked(key: str) -> None:
         fast = Scrubber(KEY).scrub(json.loads(raw), raw.encode())
         slow = Scrubber(KEY, prefilter=False).scrub(json.loads(raw), raw.encode())
         assert fast.event == slow.event and fast.replaced == slow.replaced == 1
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"context": {"customHeaders": {"X-Team": "payments", "Accept": "json"}}},  # every value is secret
+        {"trigger": {"type": "webhook", "secret": "hunter2"}},
+        {"kind": "Secret", "data": {"db": "aHVudGVyMg=="}},
+        {"context": {"pipeline": _b64({"trigger": {"secret": "hunter2"}})}},  # savePipeline's base64 config
+        {"context": {"rawContent": '{"token": "hunter2"}'}},
+        {"context": {"notes": "jwt eyJhbGciOi"}, "id_jwt": "eyJhbGciOi"},
+        {"outputs": {"value": "hmac-sha256:" + "ab" * 32, "n": "x"}},
+    ],
+)
+def test_every_known_place_alone_sends_the_event_through_the_walk(content: dict[str, Any]) -> None:
+    raw = json.dumps({"details": {"type": "orca:stage:complete"}, "content": content}).encode()
+    assert may_need_redaction(raw)
+    fast, slow = _both(content, raw, "redact")
+    assert fast.event == slow.event and fast.replaced == slow.replaced
+    assert slow.replaced >= 1 or slow.secret_hashes

@@ -36,19 +36,18 @@ _HASH = re.compile(r"hmac-sha256:[0-9a-f]{64}")
 
 #: Prefilter over a whole event's bytes: when none of these occur, neither pass could replace anything and
 #: the event is kept as it arrived, without walking it. Together they are a superset of every key rule and
-#: known place of ``redact.py`` and of the free-text rules, matched on the lowercased JSON text. Each is a
-#: plain substring search (or a regular expression starting with one), so an event costs a few scans.
-_WORDS = (
-    "pass", "pwd", "secret", "token", "authoriz", "cookie", "signature", "bearer", "jwt", "customheaders",
-    "hmac-sha256:",
-)  # fmt: skip
+#: known place of ``redact.py`` and of the free-text rules, matched on the lowercased JSON text: the
+#: free-text words (``_TEXT_WORDS``, below), these, and the gated patterns. Each is a plain substring search
+#: (or a regular expression looked for only where its word occurs), so an event costs a few scans.
+_KEY_WORDS = ("jwt", "customheaders", "hmac-sha256:")
 #: Separators inside keys (``api-key``, ``apiKey``, ``api\tkey``): any run of non-alphanumerics or escapes.
 _SEP = r"(?:[^a-z0-9]|\\[bfnrt])*"
+#: A ``pipeline`` key whose value is a string starting with ``e`` (base64 of ``{``: a pipeline config).
+_BASE64_PIPELINE = re.compile(r"pipeline\\*\"(?:\s|\\[nrt])*:(?:\s|\\[nrt])*\\*\"e")
 _GATED: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("auth", re.compile(r"auth(?![a-z0-9])")),  # a key ending in the word auth; not "authentication"
     ("connection", re.compile("connection" + _SEP + "string")),
-    ("pipeline", re.compile(r"pipeline\\*\"(?:\s|\\[nrt])*:(?:\s|\\[nrt])*\\*\"e")),  # base64 pipeline config
-    ("://", re.compile(r"://[^/\s:@]+:[^@\s/]+@")),  # user-info in URLs
+    ("pipeline", _BASE64_PIPELINE),
 )
 #: Words that make a following ``key`` secret (``api_key``, ``privateKey``, ``signing-key`` ...).
 _KEY_OWNERS = ("api", "private", "access", "signing", "encryption", "master")
@@ -107,23 +106,45 @@ def _only_account_credentials(text: str, low: str) -> bool:
 
 def may_need_redaction(raw: bytes) -> bool:
     """False only when no key rule, known place or free-text rule can match anywhere in ``raw``."""
+    return _prefilter(raw) is not None
+
+
+#: What the prefilter found: the free-text trigger words present in the event (``None``: not known, check
+#: every word), so the check after the walk looks for those alone.
+_Found = tuple[str, ...] | None
+
+
+def _prefilter(raw: bytes) -> _Found | None:
+    """``None`` when nothing in ``raw`` could be replaced; else what the free-text check must look for."""
     if b"\\u" in raw:  # escaped characters could spell a key or a word the prefilter cannot see
-        return True
+        return _ALL
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        return True
+        return _ALL
     if not text.isascii() and _FOLDS.search(text):
-        return True
+        return _ALL
     low = text.lower()
-    for word in _WORDS:
+    found = tuple(w for w in _TEXT_WORDS if w != "key" and w in low)
+    if "key" in low and _owned_key(low):  # api/access/private keys (and the key rules' signing_key ...)
+        found += ("key",)
+    if "://" in low and _USERINFO.search(low):
+        found += ("://",)
+    if not found and not _key_rules_may_apply(text, low):
+        return None
+    if "rawcontent" in low or ("pipeline" in low and _BASE64_PIPELINE.search(low)):
+        return _ALL  # embedded documents are rewritten whole: their new text was not in the event
+    return found
+
+
+def _key_rules_may_apply(text: str, low: str) -> bool:
+    """The prefilter's words beyond the free-text ones (which the caller has looked for already)."""
+    for word in _KEY_WORDS:
         if word in low:
             return True
     for word, pattern in _GATED:
         if word in low and pattern.search(low):
             return True
-    if "key" in low and _owned_key(low):
-        return True
     return "credential" in low and not _only_account_credentials(text, low)
 
 
@@ -136,10 +157,22 @@ _KEY_PREFIX = re.compile(r"(?:api|access|private)[_-]?$")
 _USERINFO = re.compile(r"://[^/\s:@]+:[^@\s/]+@")
 
 
-def _text_rules_may_apply(serialized: str) -> bool:
-    """Whether any string value (not key) of compact JSON could hold a free-text secret."""
+#: Every free-text word, and user-info in URLs: what the check after the walk looks for when unsure.
+_ALL: tuple[str, ...] = (*_TEXT_WORDS, "://")
+
+
+def _text_rules_may_apply(serialized: str, words: tuple[str, ...] = _ALL) -> bool:
+    """Whether any string value (not key) of compact JSON could hold a free-text secret.
+
+    ``words`` are the trigger words (and ``"://"`` for user-info in URLs) to look for: those the prefilter
+    found in the event, since the walk only takes text away (an ``hmac-sha256:`` hash spells none of them).
+    """
     low = serialized.lower()
-    for word in _TEXT_WORDS:
+    for word in words:
+        if word == "://":
+            if "://" in low and _USERINFO.search(low) is not None:
+                return True
+            continue
         at = low.find(word)
         while at >= 0:
             end = at + len(word)
@@ -148,7 +181,7 @@ def _text_rules_may_apply(serialized: str) -> bool:
                 if rest is None or not rest.group(1):
                     return True
             at = low.find(word, end)
-    return "://" in low and _USERINFO.search(low) is not None
+    return False
 
 
 def _may_hold_secret(value: str) -> bool:
@@ -223,7 +256,8 @@ class Scrubber:
         When the prefilter finds nothing that any rule could replace anywhere in ``raw``, the event is
         returned as it is and the bytes as received are kept, with ``redact`` too: nothing in them is secret.
         """
-        if not self._always_walk and raw and not may_need_redaction(raw):
+        found = _prefilter(raw) if not self._always_walk and raw else _ALL
+        if found is None:
             return Scrubbed(
                 event=event,
                 raw=raw if self.raw_events != "drop" else b"",
@@ -237,7 +271,7 @@ class Scrubber:
         # free-text trigger (only keys such as "Authorization" of hashed headers do), the pass is skipped.
         serialized = serialize(redacted) if self.raw_events != "keep" else None
         text = serialized.decode("utf-8") if serialized is not None and b"\\u" not in serialized else None
-        if text is not None and not _text_rules_may_apply(text):
+        if text is not None and not _text_rules_may_apply(text, found):
             hashes = set(_HASH.findall(text))
         else:
             # The free-text pass rewrites strings in place; the redacted event shares its unchanged parts
