@@ -10,7 +10,9 @@ documents.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -271,3 +273,44 @@ def test_every_known_place_alone_sends_the_event_through_the_walk(content: dict[
     fast, slow = _both(content, raw, "redact")
     assert fast.event == slow.event and fast.replaced == slow.replaced
     assert slow.replaced >= 1 or slow.secret_hashes
+
+
+def test_the_prefilter_agrees_with_the_walk_on_every_shared_sample(echo_fixtures: Path) -> None:
+    from spintrail.decode import DecodeError, decode_body
+
+    checked = 0
+    for path in sorted(echo_fixtures.iterdir()):
+        if path.suffix not in (".json", ".txt"):
+            continue
+        try:
+            incoming = decode_body(path.read_bytes())
+        except DecodeError:
+            continue  # prose samples
+        for e in incoming:
+            for raw_events in ("redact", "keep"):
+                fast = Scrubber(KEY, raw_events=raw_events).scrub(e.event, e.raw)
+                slow = Scrubber(KEY, raw_events=raw_events, prefilter=False).scrub(e.event, e.raw)
+                assert fast.event == slow.event, path.name
+                assert (fast.replaced, fast.secret_hashes) == (slow.replaced, slow.secret_hashes), path.name
+            checked += 1
+    assert checked > 600  # the 665 igor builds, and the orca and webhook samples
+
+
+def test_the_prefilter_agrees_with_the_walk_on_simulated_history() -> None:
+    from spintrail.decode import decode_body
+    from spintrail.simulate import Simulator
+
+    walked = clean = 0
+    for event in itertools.islice(Simulator(seed=11, executions=60).events(), 1500):
+        raw = json.dumps(event, separators=(",", ":")).encode()
+        (e,) = decode_body(raw)
+        fast = Scrubber(KEY).scrub(e.event, e.raw)
+        slow = Scrubber(KEY, prefilter=False).scrub(e.event, e.raw)
+        assert fast.event == slow.event and fast.replaced == slow.replaced
+        assert fast.secret_hashes == slow.secret_hashes
+        if may_need_redaction(raw):
+            walked += 1
+        else:
+            clean += 1
+            assert fast.raw == raw
+    assert walked and clean  # both paths are exercised
