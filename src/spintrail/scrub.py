@@ -8,8 +8,10 @@ Two passes over the decoded event, both with the installation's redaction key (`
 2. free text: every remaining string that mentions a credential (``Authorization: Bearer ...``,
    ``password=...``, ``https://user:pass@host``, ...) has just the secret part replaced the same way.
 
-Then the ``raw_events`` setting decides what is kept of the original bytes: ``keep`` the bytes exactly as
-received (secrets at rest), ``redact`` the redacted event re-serialized as compact JSON, ``drop`` nothing.
+A prefilter (``may_need_redaction``) looks over the event's bytes first: an event in which no rule could
+match anything is not walked at all. Then the ``raw_events`` setting decides what is kept of the original
+bytes: ``keep`` the bytes exactly as received (secrets at rest), ``redact`` the redacted event re-serialized
+as compact JSON (or the bytes as received, when the prefilter found nothing), ``drop`` nothing.
 The SHA-256 of what is (or would be, for ``drop``) kept is what the tamper-evident log commits to, so a
 published proof never carries an unkeyed hash of a secret unless ``keep`` was chosen.
 """
