@@ -44,6 +44,8 @@ from spintrail.query import COLUMN_FILTERS, LIST_FILTERS, Filters, type_pattern
 from spintrail.record import LIST_FIELDS, TEXT_FIELDS, AuditRecord
 from spintrail.store import blobs, pg_text
 from spintrail.store.base import (
+    DAY,
+    DAY_NUMBER_SQL,
     AppendResult,
     Page,
     PreparedEvent,
@@ -53,6 +55,8 @@ from spintrail.store.base import (
     StoreStats,
     StoreUnavailable,
     Written,
+    check_fields,
+    day_name,
     decode_cursor,
     encode_cursor,
 )
@@ -62,7 +66,10 @@ log = logging.getLogger(__name__)
 _RECORD_COLUMNS: tuple[str, ...] = ("event_id", "received_at", "time", *TEXT_FIELDS, *LIST_FIELDS)
 _SELECT_COLUMNS = "id, " + ", ".join(f'"{c}"' for c in _RECORD_COLUMNS)
 _SELECT = f"SELECT {_SELECT_COLUMNS} FROM events"
+_TEXT_COLUMNS = frozenset({"event_id", *TEXT_FIELDS})
 _INSERT_COLUMNS = ("id", *_RECORD_COLUMNS, "tags", "raw_id", "tsv")
+#: Rows a server-side cursor hands over per round trip (exports, ``select``).
+FETCH_ROWS = 2000
 
 #: Months further back than this get no partition of their own (their events go to the default partition).
 PARTITION_PAST_YEARS = 15
@@ -898,6 +905,115 @@ class PostgresStore(Store):
     def execution(self, execution_id: str) -> list[AuditRecord]:
         rows = self._read(_SELECT + " WHERE execution_id = %s ORDER BY time, id", (clean_text(execution_id),))
         return [_row_to_record(r) for r in rows]
+
+    # -- aggregates and scans (the contract's defaults would read whole records page by page) ------------
+
+    @contextlib.contextmanager
+    def _streaming(self, query: str, args: Sequence[Any]) -> Iterator[psycopg.Cursor[Any]]:
+        """A server-side cursor over ``query``: rows come ``FETCH_ROWS`` at a time, however many match.
+
+        It holds one pooled connection and one read transaction (a consistent snapshot) until the caller
+        stops iterating; PostgreSQL readers never block writers.
+        """
+        with self._reading() as conn:
+            try:
+                with conn.transaction(), conn.cursor(name="spintrail_scan") as cur:
+                    cur.itersize = FETCH_ROWS
+                    cur.execute(query, args)
+                    yield cur
+            except psycopg.OperationalError as exc:
+                raise StoreUnavailable(f"PostgreSQL read failed: {str(exc).strip()}") from exc
+
+    def iter_search(self, filters: Filters, *, page_size: int = 1000) -> Iterator[AuditRecord]:
+        """Every matching record, newest first, streamed from one server-side cursor (bounded memory)."""
+        where, args = self._where(filters)
+        if where is None:
+            return
+        query = _SELECT + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY time DESC, id DESC"
+        with self._streaming(query, args) as cur:
+            cur.itersize = max(1, page_size)
+            for row in cur:
+                yield _row_to_record(row)
+
+    def select(self, filters: Filters, fields: Sequence[str]) -> Iterator[tuple[Any, ...]]:
+        check_fields(fields)
+        where, args = self._where(filters)
+        if where is None:
+            return
+        exprs = [DAY_NUMBER_SQL.format(t="time") if f == DAY else f'"{f}"' for f in fields]
+        days = [i for i, f in enumerate(fields) if f == DAY]
+        lists = [i for i, f in enumerate(fields) if f in LIST_FIELDS]
+        query = f"SELECT {', '.join(exprs)} FROM events"
+        query += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY time DESC, id DESC"
+        with self._streaming(query, args) as cur:
+            for row in cur:
+                if not days and not lists:
+                    yield tuple(row)
+                    continue
+                values = list(row)
+                for i in days:
+                    values[i] = day_name(values[i])
+                for i in lists:
+                    values[i] = list(values[i] or [])
+                yield tuple(values)
+
+    def count_by(
+        self, filters: Filters, by: Sequence[str], *, limit: int | None = None
+    ) -> list[tuple[tuple[Any, ...], int]]:
+        check_fields(by)
+        where, args = self._where(filters)
+        if where is None:
+            return []
+        exprs: list[str] = []
+        order: list[str] = []
+        joins: list[str] = []
+        for k, f in enumerate(by, 1):
+            if f == DAY:
+                exprs.append(DAY_NUMBER_SQL.format(t="e.time"))
+                order.append(f"{k} NULLS FIRST")
+            elif f in LIST_FIELDS:
+                # Each distinct value of the list once per record, as the contract says.
+                joins.append(f' CROSS JOIN LATERAL (SELECT DISTINCT v FROM unnest(e."{f}") AS u(v)) AS l{k}')
+                exprs.append(f"l{k}.v")
+                order.append(f'l{k}.v COLLATE "C" NULLS FIRST')
+            else:
+                exprs.append(f'e."{f}"')
+                text = f in _TEXT_COLUMNS
+                order.append(f'e."{f}" COLLATE "C" NULLS FIRST' if text else f"{k} NULLS FIRST")
+        query = f"SELECT {', '.join(exprs)}, count(*) AS n FROM events AS e" + "".join(joins)
+        query += (" WHERE " + " AND ".join(where) if where else "")
+        query += f" GROUP BY {', '.join(str(k) for k in range(1, len(by) + 1))}"
+        query += f" ORDER BY n DESC, {', '.join(order)}"
+        if limit is not None:
+            query += " LIMIT %s"
+            args = [*args, limit]
+        days = [i for i, f in enumerate(by) if f == DAY]
+        out: list[tuple[tuple[Any, ...], int]] = []
+        for row in self._read(query, args):
+            key = list(row[:-1])
+            for i in days:
+                key[i] = day_name(key[i])
+            out.append((tuple(key), int(row[-1])))
+        return out
+
+    def tail(self, after_id: int, filters: Filters | None = None, *, limit: int = 100) -> list[AuditRecord]:
+        """Records stored after ``after_id``, oldest first: ``event_ids`` walks the ids in order and gives
+        each one's partition key, so only the new rows are read."""
+        where, args = self._where(filters or Filters())
+        if where is None:
+            return []
+        # The filters name the columns unqualified: give them the events' columns only.
+        joined = (
+            "SELECT e.* FROM event_ids AS i JOIN events AS e ON e.time = i.time AND e.id = i.id"
+            " WHERE i.id > %s"
+        )
+        query = f"SELECT {_SELECT_COLUMNS} FROM ({joined}) AS e"
+        query += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id LIMIT %s"
+        rows = self._read(query, [_clamp(max(after_id, -1)), *args, limit])
+        return [_row_to_record(r) for r in rows]
+
+    def last_id(self) -> int:
+        return int(self._read("SELECT coalesce(max(id), 0) FROM event_ids")[0][0])
 
     def ping(self) -> None:
         if self._down is not None:

@@ -27,6 +27,7 @@ from spintrail.record import LIST_FIELDS, TEXT_FIELDS, AuditRecord
 from spintrail.store import blobs
 from spintrail.store.base import (
     DAY,
+    DAY_NUMBER_SQL,
     AppendResult,
     CheckReport,
     Page,
@@ -38,6 +39,7 @@ from spintrail.store.base import (
     StoreUnavailable,
     Written,
     check_fields,
+    day_name,
     decode_cursor,
     encode_cursor,
 )
@@ -100,7 +102,6 @@ REPORT_MIGRATIONS: list[tuple[int, str]] = [
     (1, "CREATE INDEX IF NOT EXISTS events_stage_type ON events(stage_type, time, id)"),
 ]
 
-_DAY_SQL = "strftime('%Y-%m-%d', {t} / 1000, 'unixepoch')"
 _TAG_KIND = {field_name: kind for kind, field_name in LIST_FILTERS.items()}
 
 
@@ -487,8 +488,9 @@ class SqliteStore(Store):
         where, args = self._where(filters)
         if where is None:
             return
-        exprs = [_DAY_SQL.format(t="time") if f == DAY else f'"{f}"' for f in fields]
+        exprs = [DAY_NUMBER_SQL.format(t="time") if f == DAY else f'"{f}"' for f in fields]
         lists = [i for i, f in enumerate(fields) if f in LIST_FIELDS]
+        days = [i for i, f in enumerate(fields) if f == DAY]
         position: tuple[int, int] | None = None
         chunk = 2000
         while True:
@@ -504,6 +506,8 @@ class SqliteStore(Store):
                 values = list(row[2:])
                 for i in lists:
                     values[i] = json.loads(values[i])
+                for i in days:
+                    values[i] = day_name(values[i])
                 yield tuple(values)
             if len(rows) < chunk:
                 return
@@ -522,7 +526,8 @@ class SqliteStore(Store):
         exprs = []
         for f in by:
             if f == DAY:
-                exprs.append(_DAY_SQL.format(t="e.time"))
+                # Grouped by the day's number (no date formatting per row), named once per group below.
+                exprs.append(DAY_NUMBER_SQL.format(t="e.time"))
             elif f in LIST_FIELDS:
                 exprs.append("t.value")
             else:
@@ -537,7 +542,14 @@ class SqliteStore(Store):
         if limit is not None:
             sql += " LIMIT ?"
             args = [*args, limit]
-        return [(tuple(row[:-1]), row[-1]) for row in self._read(sql, args)]
+        days = [i for i, f in enumerate(by) if f == DAY]
+        out: list[tuple[tuple[Any, ...], int]] = []
+        for row in self._read(sql, args):
+            key = list(row[:-1])
+            for i in days:
+                key[i] = day_name(key[i])
+            out.append((tuple(key), row[-1]))
+        return out
 
     def tail(self, after_id: int, filters: Filters | None = None, *, limit: int = 100) -> list[AuditRecord]:
         where, args = self._where(filters or Filters())
