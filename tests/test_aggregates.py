@@ -221,3 +221,74 @@ def test_export_streams_with_memory_bounded_by_a_page(many: Store) -> None:
     assert lines == 12_000
     assert size > 4_000_000
     assert peak < size / 4, (peak, size)
+
+
+def _matches(record: Any, f: Filters) -> bool:
+    """A plain reading of the filters (without ``q``), to check the stores' queries against."""
+    from spintrail.query import COLUMN_FILTERS, LIST_FILTERS, type_pattern
+
+    for name, column in COLUMN_FILTERS.items():
+        values = getattr(f, name)
+        if values and getattr(record, column) not in values:
+            return False
+    for name, field_name in LIST_FILTERS.items():
+        values = getattr(f, name)
+        if values and not set(values) & set(getattr(record, field_name)):
+            return False
+    if f.type:
+        ok = False
+        for value in f.type:
+            text, prefix = type_pattern(value)
+            t = record.type or ""
+            ok = ok or (t.startswith(text) if prefix else t == text)
+        if not ok:
+            return False
+    if f.since is not None and record.time < f.since:
+        return False
+    return f.until is None or record.time < f.until
+
+
+def _paged(store: Store, f: Filters, size: int) -> list[int]:
+    out: list[int] = []
+    cursor = None
+    while True:
+        page = store.search(f, limit=size, cursor=cursor)
+        out += [r.id for r in page.records if r.id is not None]
+        if not page.next_cursor:
+            return out
+        cursor = page.next_cursor
+
+
+def test_search_plans_give_the_plain_answer(pair: tuple[Store, Store, Simulator]) -> None:
+    """Whatever drives a search (an index of events, a tag, the full-text index), pages of it list exactly
+    the matching records, newest first, on both backends."""
+    lite, pg, sim = pair
+    every = list(lite.iter_search(Filters()))
+    top = {
+        name: [v for (v,), _ in lite.count_by(Filters(), [name], limit=3)]
+        for name in ("server_groups", "accounts", "regions", "clusters", "application", "user")
+    }
+    sg, sg2 = top["server_groups"][:2]
+    acct, reg, cl = top["accounts"][0], top["regions"][0], top["clusters"][0]
+    mid = (every[0].time + every[-1].time) // 2
+    cases = [
+        Filters(server_group=(sg,)),
+        Filters(server_group=(sg,), since=mid - 3 * DAY, until=mid + DAY),
+        Filters(account=(acct,)),
+        Filters(account=(acct,), region=(reg,)),
+        Filters(account=(acct,), region=(reg,), cluster=(cl,), since=mid),
+        Filters(application=(top["application"][0],), account=(acct,)),
+        Filters(server_group=(sg, sg2)),
+        Filters(user=(top["user"][0],), server_group=(sg,)),
+        Filters(type=("orca:stage:*",), cluster=(cl,)),
+        Filters(account=("Ärger",)),
+        Filters(account=("nope",)),
+    ]
+    for f in cases:
+        expected = [r.id for r in every if _matches(r, f)]
+        assert _paged(lite, f, 7) == expected, f
+        assert _paged(pg, f, 7) == expected, f
+        assert [r.id for r in lite.iter_search(f, page_size=5)] == expected, f
+    assert any(_paged(lite, f, 7) for f in cases[:6])
+    text = Filters(q=sg, server_group=(sg,))
+    assert _paged(lite, text, 3) == _paged(pg, text, 3) != []
