@@ -959,18 +959,26 @@ def dashboard(
     index = {d: i for i, d in enumerate(days)}
     dash = Dashboard(since=since, until=end, days=days)
 
+    # Every change stage started in the period, read once: the deploy stages among them make the
+    # deployments, all of them the change volume per account (further below).
+    deploy_types = frozenset(DEPLOY_STAGE_TYPES)
     deps: dict[str, Deployment] = {}
-    for eid, t, accts in store.select(
+    # Change volume per account: one change per execution, account and kind.
+    changes: set[tuple[str, str, str]] = set()
+    for eid, stage_type, t, accts in store.select(
         Filters(
             type=("orca:stage:starting",),
-            stage_type=DEPLOY_STAGE_TYPES,
+            stage_type=CHANGE_STAGE_TYPES,
             application=apps,
             since=since,
             until=until,
         ),
-        ["execution_id", "time", "accounts"],
+        ["execution_id", "stage_type", "time", "accounts"],
     ):
-        if not eid:
+        kind = CHANGE_KINDS.get(stage_type or "", "other")
+        for a in accts:
+            changes.add((eid or "", a, kind))
+        if not eid or stage_type not in deploy_types:
             continue
         d = deps.get(eid)
         if d is None:
@@ -1062,21 +1070,6 @@ def dashboard(
             approvers[user] += 1
     dash.top_approvers = approvers.most_common(top)
 
-    # Change volume per account: one change per execution, account and kind.
-    changes: set[tuple[str, str, str]] = set()
-    for eid, stage_type, accts in store.select(
-        Filters(
-            type=("orca:stage:starting",),
-            stage_type=CHANGE_STAGE_TYPES,
-            application=apps,
-            since=since,
-            until=until,
-        ),
-        ["execution_id", "stage_type", "accounts"],
-    ):
-        kind = CHANGE_KINDS.get(stage_type or "", "other")
-        for a in accts:
-            changes.add((eid or "", a, kind))
     volume: dict[str, Counter[str]] = defaultdict(Counter)
     kinds: Counter[str] = Counter()
     for _eid, a, kind in changes:
