@@ -23,6 +23,7 @@ the database, the retry finds every event already stored (duplicates) and loses 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import queue
 import re
@@ -70,6 +71,9 @@ _TEXT_COLUMNS = frozenset({"event_id", *TEXT_FIELDS})
 _INSERT_COLUMNS = ("id", *_RECORD_COLUMNS, "tags", "raw_id", "tsv")
 #: Rows a server-side cursor hands over per round trip (exports, ``select``).
 FETCH_ROWS = 2000
+_DAY_MS = 86_400_000
+#: Periods up to this many days are counted day by day (``count_by(..., ["day"])``); longer ones grouped.
+_MAX_DAYS_COUNTED = 1000
 
 #: Months further back than this get no partition of their own (their events go to the default partition).
 PARTITION_PAST_YEARS = 15
@@ -944,6 +948,8 @@ class PostgresStore(Store):
                 yield _row_to_record(row)
 
     def select(self, filters: Filters, fields: Sequence[str]) -> Iterator[tuple[Any, ...]]:
+        """Keyset pages of ``FETCH_ROWS``: one round trip answers the usual few hundred rows of a report
+        (a server-side cursor would take five), and memory stays bounded however many match."""
         check_fields(fields)
         where, args = self._where(filters)
         if where is None:
@@ -951,24 +957,34 @@ class PostgresStore(Store):
         exprs = [DAY_NUMBER_SQL.format(t="time") if f == DAY else f'"{f}"' for f in fields]
         days = [i for i, f in enumerate(fields) if f == DAY]
         lists = [i for i, f in enumerate(fields) if f in LIST_FIELDS]
-        query = f"SELECT {', '.join(exprs)} FROM events"
-        query += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY time DESC, id DESC"
-        with self._streaming(query, args) as cur:
-            for row in cur:
-                if not days and not lists:
-                    yield tuple(row)
-                    continue
-                values = list(row)
+        position: tuple[int, int] | None = None
+        while True:
+            conds, page_args = list(where), list(args)
+            if position is not None:
+                conds.append("(time, id) < (%s, %s)")
+                page_args += list(position)
+            query = f"SELECT time, id, {', '.join(exprs)} FROM events"
+            query += " WHERE " + " AND ".join(conds) if conds else ""
+            rows = self._read(query + " ORDER BY time DESC, id DESC LIMIT %s", [*page_args, FETCH_ROWS])
+            for row in rows:
+                values = list(row[2:])
                 for i in days:
                     values[i] = day_name(values[i])
                 for i in lists:
                     values[i] = list(values[i] or [])
                 yield tuple(values)
+            if len(rows) < FETCH_ROWS:
+                return
+            position = (rows[-1][0], rows[-1][1])
 
     def count_by(
         self, filters: Filters, by: Sequence[str], *, limit: int | None = None
     ) -> list[tuple[tuple[Any, ...], int]]:
         check_fields(by)
+        if list(by) == [DAY]:
+            per_day = self._count_days(filters)
+            if per_day is not None:
+                return per_day[:limit] if limit is not None else per_day
         where, args = self._where(filters)
         if where is None:
             return []
@@ -1003,6 +1019,49 @@ class PostgresStore(Store):
                 key[i] = day_name(key[i])
             out.append((tuple(key), int(row[-1])))
         return out
+
+    def _count_days(self, filters: Filters) -> list[tuple[tuple[Any, ...], int]] | None:
+        """Matching records per UTC day as one index range count per day of the period, when the filters
+        are plain column equalities (an index of (column, time, id) counts each day without reading rows);
+        ``None`` otherwise, or when the period is too long for that."""
+        rest = dataclasses.replace(filters, since=None, until=None)
+        if (
+            rest.q is not None
+            or rest.type
+            or any(getattr(rest, n) for n in LIST_FILTERS)
+            or any(len(getattr(rest, n)) > 1 for n in COLUMN_FILTERS)
+        ):
+            return None
+        where, args = self._where(rest)
+        if where is None:
+            return []
+        lo, hi = filters.since, filters.until
+        if lo is None or hi is None:
+            first, last = self._read("SELECT min(time), max(time) FROM events")[0]
+            if first is None:
+                return []
+            lo = first if lo is None else lo
+            hi = last + 1 if hi is None else hi
+        lo, hi = _clamp(lo), _clamp(hi)
+        if hi <= lo:
+            return []
+        first_day, last_day = lo // _DAY_MS, (hi - 1) // _DAY_MS
+        if last_day - first_day > _MAX_DAYS_COUNTED or not -(2**62) < lo < hi < 2**62:
+            return None
+        conds = " AND ".join(
+            [
+                *where,
+                f"time >= greatest(d * {_DAY_MS}, {lo}::bigint)",
+                f"time < least((d + 1) * {_DAY_MS}, {hi}::bigint)",
+            ]
+        )
+        query = (
+            f"SELECT d, (SELECT count(*) FROM events WHERE {conds})"
+            f" FROM generate_series({first_day}::bigint, {last_day}::bigint) AS d"
+        )
+        counts = [((day_name(d),), int(c)) for d, c in self._read(query, args) if c]
+        counts.sort(key=lambda kv: (-kv[1], kv[0]))
+        return counts
 
     def tail(self, after_id: int, filters: Filters | None = None, *, limit: int = 100) -> list[AuditRecord]:
         """Records stored after ``after_id``, oldest first: ``event_ids`` walks the ids in order and gives
