@@ -212,6 +212,7 @@ def run_storage(report: Report, be: Backend, mode: Mode, args: argparse.Namespac
             report.storage.append(res)
             log(f"  {res.per_event:.0f} bytes/event, {res.fraction * 100:.2f}% of the raw JSON")
         if count == mode.query_count:
+            backends.settle(database)
             query_db = database
         elif database != keep:
             be.drop(database)
