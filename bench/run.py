@@ -213,6 +213,11 @@ def run_storage(report: Report, be: Backend, mode: Mode, args: argparse.Namespac
             log(f"  {res.per_event:.0f} bytes/event, {res.fraction * 100:.2f}% of the raw JSON")
         if count == mode.query_count:
             backends.settle(database)
+            if is_postgres(database):
+                report.notes.append(
+                    "the query database was vacuumed and analyzed after its fill (VACUUM (ANALYZE)), as "
+                    "autovacuum does in a running installation"
+                )
             query_db = database
         elif database != keep:
             be.drop(database)
