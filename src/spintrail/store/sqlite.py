@@ -390,6 +390,11 @@ class SqliteStore(Store):
 
     def search(self, filters: Filters, *, limit: int = 100, cursor: str | None = None) -> Page:
         drive = _tag_driver(filters)
+        at = decode_cursor(cursor) if cursor else None
+        if at is not None and filters.until is not None and at[0] < filters.until:
+            # The cursor is then the tighter upper bound and must be the only one: given both, SQLite may
+            # bound its index range by ``until`` and step through every row between it and the cursor.
+            filters = dataclasses.replace(filters, until=None)
         where, args = self._where(filters, drive=drive)
         if where is None:
             return Page([], None)
@@ -403,10 +408,9 @@ class SqliteStore(Store):
         else:
             source = "events"
             position, order = "(events.time, events.id)", "events.time DESC, events.id DESC"
-        if cursor:
-            t, i = decode_cursor(cursor)
+        if at is not None:
             where.append(f"{position} < (?, ?)")
-            args += [t, i]
+            args += list(at)
         sql = f"{_QUALIFIED_SELECT} FROM {source}" + (" WHERE " + " AND ".join(where) if where else "")
         sql += f" ORDER BY {order} LIMIT ?"
         rows = self._read(sql, [*args, limit + 1])
@@ -434,9 +438,7 @@ class SqliteStore(Store):
                 where.append(f'events."{column}" IN ({", ".join("?" for _ in values)})')
                 args += list(values)
         if f.type:
-            # A stage type is far more selective than an event type (a few dozen of those, each on many
-            # rows): with both, the unary + keeps SQLite from walking the type index and reading each row.
-            col = "+events.type" if f.stage_type else "events.type"
+            col = "events.type"
             ors = []
             for value in f.type:
                 text, prefix = type_pattern(value)
@@ -527,14 +529,17 @@ class SqliteStore(Store):
         where, args = self._where(filters)
         if where is None:
             return
+        # After the first page the position is the upper bound (see ``search``): without ``until``.
+        later, later_args = self._where(dataclasses.replace(filters, until=None))
+        assert later is not None
         exprs = [DAY_NUMBER_SQL.format(t="time") if f == DAY else f'"{f}"' for f in fields]
         lists = [i for i, f in enumerate(fields) if f in LIST_FIELDS]
         days = [i for i, f in enumerate(fields) if f == DAY]
         position: tuple[int, int] | None = None
         chunk = 2000
         while True:
-            conds = list(where)
-            page_args = list(args)
+            conds = list(where if position is None else later)
+            page_args = list(args if position is None else later_args)
             if position is not None:
                 conds.append("(time, id) < (?, ?)")
                 page_args += list(position)
@@ -544,7 +549,8 @@ class SqliteStore(Store):
             for row in rows:
                 values = list(row[2:])
                 for i in lists:
-                    values[i] = json.loads(values[i])
+                    v = values[i]
+                    values[i] = [] if v == "[]" else json.loads(v)
                 for i in days:
                     values[i] = day_name(values[i])
                 yield tuple(values)
