@@ -30,7 +30,7 @@ from typing import Any
 
 from spintrail.query import Filters
 from spintrail.record import AuditRecord, format_time
-from spintrail.store.base import Store, utc_day
+from spintrail.store.base import Store, day_name, utc_day
 from spintrail.timeline import Timeline, build_timeline
 
 DAY_MS = 86_400_000
@@ -1012,7 +1012,7 @@ def dashboard(
     for d in deps.values():
         g = status_group(d.status, d.end is not None)
         totals[g] += 1
-        i = index.get(utc_day(d.first_deploy))
+        i = index.get(day_name(d.first_deploy // 86_400_000))  # cached per day
         if i is not None:
             dash.by_day[g][i] += 1
         if d.application:
@@ -1063,7 +1063,7 @@ def dashboard(
     approvers: Counter[str] = Counter()
     for t, decision, user in seen.values():
         dash.judgments[decision] += 1
-        i = index.get(utc_day(t))
+        i = index.get(day_name(t // 86_400_000))
         if i is not None:
             dash.judgments_by_day[decision][i] += 1
         if decision == "continue" and user:
