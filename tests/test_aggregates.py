@@ -262,7 +262,7 @@ def _paged(store: Store, f: Filters, size: int) -> list[int]:
 def test_search_plans_give_the_plain_answer(pair: tuple[Store, Store, Simulator]) -> None:
     """Whatever drives a search (an index of events, a tag, the full-text index), pages of it list exactly
     the matching records, newest first, on both backends."""
-    lite, pg, sim = pair
+    lite, pg, _ = pair
     every = list(lite.iter_search(Filters()))
     top = {
         name: [v for (v,), _ in lite.count_by(Filters(), [name], limit=3)]
