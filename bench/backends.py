@@ -70,6 +70,57 @@ class Backend:
             self.drop(urlunsplit(parts._replace(path="/" + name)))
 
 
+def exists(database: str) -> bool:
+    """Whether a database named by ``--query-db`` is there already (a SQLite file, a PostgreSQL database)."""
+    if not is_postgres(database):
+        return Path(database).exists()
+    import psycopg
+
+    name = urlsplit(database).path.lstrip("/")
+    with psycopg.connect(_maintenance_url(database), autocommit=True) as conn:
+        row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    return row is not None
+
+
+def create_kept(database: str) -> None:
+    """Create the database a ``--query-db`` URL names (kept after the run, for the next one to reuse)."""
+    if not is_postgres(database):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        return
+    import psycopg
+
+    name = urlsplit(database).path.lstrip("/")
+    if not name:
+        raise SystemExit(f"--query-db {database}: name the database to fill and keep in the URL's path")
+    with psycopg.connect(_maintenance_url(database), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def settle(database: str) -> None:
+    """After a bulk fill, bring a database to the state a running installation keeps it in.
+
+    PostgreSQL: ``VACUUM (ANALYZE)``, what autovacuum does on its own some time after the rows arrive;
+    a query right after a fast bulk load would otherwise be planned on statistics of a much smaller
+    table. SQLite: a WAL checkpoint.
+    """
+    if is_postgres(database):
+        import psycopg
+
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute("VACUUM (ANALYZE)")
+        return
+    conn = sqlite3.connect(database, isolation_level=None)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
+def _maintenance_url(database: str) -> str:
+    """The same server's ``postgres`` database (to create or look up others)."""
+    return urlunsplit(urlsplit(database)._replace(path="/postgres"))
+
+
 @contextlib.contextmanager
 def backend(spec: str, scratch: Path | None = None) -> Iterator[Backend]:
     """The backend named by ``--database``; scratch files live under ``scratch`` (or a temp directory)."""

@@ -35,6 +35,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500, help="events per append")
     parser.add_argument("--sample", type=int, default=2000, help="events to keep a hash of for verification")
     parser.add_argument("--progress", action="store_true", help="print progress to stderr")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        help="stop after this long (the answer says how many events were stored, stopped_early true)",
+    )
     args = parser.parse_args()
 
     feeder = subprocess.Popen(
@@ -72,6 +77,8 @@ def main() -> None:
     batch = []
     started = time.perf_counter()
     now = int(time.time() * 1000)
+    report_every = max(10_000, args.count // 20)
+    stopped_early = False
     for line in feeder.stdout:
         body = line.rstrip(b"\n")
         t = time.perf_counter()
@@ -86,19 +93,42 @@ def main() -> None:
             store.append(batch)
             batch = []
         busy += time.perf_counter() - t
-        if args.progress and n % 50_000 == 0:
-            print(f"  {n} events, {n / (time.perf_counter() - started):.0f}/s", file=sys.stderr, flush=True)
+        if args.progress and n % report_every == 0:
+            spent = time.perf_counter() - started
+            rate = n / spent
+            print(
+                f"  {n:,} of {args.count:,} events in {spent:.0f} s, {rate:,.0f}/s,"
+                f" about {(args.count - n) / rate:.0f} s to go",
+                file=sys.stderr,
+                flush=True,
+            )
+        late = args.max_seconds is not None and time.perf_counter() - started > args.max_seconds
+        if late and n < args.count:
+            stopped_early = True
+            break
     t = time.perf_counter()
     if batch:
         store.append(batch)
     busy += time.perf_counter() - t
     elapsed = time.perf_counter() - started
     store.close()
-    if feeder.wait() != 0:
+    if stopped_early:
+        feeder.kill()
+        feeder.wait()
+        print(f"  stopped after {elapsed:.0f} s (--max-seconds): {n:,} of {args.count:,}", file=sys.stderr)
+    elif feeder.wait() != 0:
         raise SystemExit(f"event feeder failed with {feeder.returncode}")
     print(
         json.dumps(
-            {"events": n, "raw_bytes": raw_bytes, "seconds": elapsed, "busy_seconds": busy, "sample": sample}
+            {
+                "events": n,
+                "asked": args.count,
+                "stopped_early": stopped_early,
+                "raw_bytes": raw_bytes,
+                "seconds": elapsed,
+                "busy_seconds": busy,
+                "sample": sample,
+            }
         )
     )
 

@@ -4,6 +4,10 @@
     python bench/run.py              # longer ingest runs, best of two; storage and queries at 100k events
     python bench/run.py --full       # also 1M events: storage, then queries and memory at 1M
 
+Filling 1M events takes a while (tens of minutes): ``--query-db FILE`` (SQLite) or ``--query-db
+postgresql://host/NAME`` fills that database once, keeps it, and reuses it on later runs, and
+``--fill-minutes`` bounds a fill (the report then says how many events the database holds).
+
 ``--database postgresql://user@host/db`` runs everything on PostgreSQL instead (the benchmark creates and
 drops its own databases on that server). The server under test is pinned to CPU 0, the load generator
 (wrk) and this harness to CPU 1. Generated request bodies are cached (``--cache``) between runs.
@@ -21,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import ingest, memory, pools, procs, queries, storage  # noqa: E402
+from bench import backends, ingest, memory, pools, procs, queries, storage  # noqa: E402
 from bench.backends import Backend, backend, is_postgres  # noqa: E402
 from bench.events import huge_event  # noqa: E402
 from bench.report import Report, ingest_target, render  # noqa: E402
@@ -98,14 +102,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, help="length of each measured ingest run")
     parser.add_argument(
         "--query-db",
-        help="SQLite file filled by an earlier run to reuse for queries and memory "
-        "(filled and kept when it does not exist yet)",
+        help="database filled by an earlier run to reuse for queries and memory: a SQLite file, or a "
+        "postgresql:// URL naming a database on that server (filled and kept when it does not exist yet)",
+    )
+    parser.add_argument(
+        "--fill-minutes",
+        type=float,
+        help="stop filling a database after this long (the report says how many events it holds)",
     )
     args = parser.parse_args(argv)
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
     if parts - set(PARTS):
         parser.error(f"--only: unknown parts {', '.join(sorted(parts - set(PARTS)))}; use {', '.join(PARTS)}")
     args.parts = parts
+    if args.query_db and is_postgres(args.query_db) != is_postgres(args.database):
+        parser.error("--query-db must be on the backend of --database (a postgresql:// URL for PostgreSQL)")
     args.scenario_keys = [k.strip() for k in args.scenarios.split(",") if k.strip()]
     if set(args.scenario_keys) - set(SCENARIOS):
         parser.error(f"--scenarios: use {', '.join(SCENARIOS)}")
@@ -218,18 +229,38 @@ def run_storage(report: Report, be: Backend, mode: Mode, args: argparse.Namespac
         if "storage" not in args.parts and count != mode.query_count:
             continue
         keep = args.query_db if count == mode.query_count else None
-        if keep and Path(keep).exists():
-            log(f"reusing {keep} ({count:,} events) for queries and memory")
+        if keep and backends.exists(keep):
+            held = queries_count(keep)
+            log(f"reusing {keep} ({held:,} events) for queries and memory")
+            if held != count:
+                report.notes.append(
+                    f"queries and memory ran on a reused database of {held:,} events"
+                    f" (this mode fills {count:,})"
+                )
             query_db = keep
             continue
+        if keep:
+            backends.create_kept(keep)
         database = keep or be.fresh(f"storage{count}")
         log(f"storage: ingesting {count:,} events directly (no HTTP)")
-        loaded = storage.fill(database, count, progress=count >= 500_000)
+        max_seconds = args.fill_minutes * 60 if args.fill_minutes else None
+        loaded = storage.fill(database, count, progress=count >= 100_000, max_seconds=max_seconds)
+        if loaded.get("stopped_early"):
+            report.notes.append(
+                f"the fill of {count:,} events stopped after --fill-minutes {args.fill_minutes:g}:"
+                f" the database holds {loaded['events']:,}"
+            )
         if "storage" in args.parts:
             res = storage.measure(database, loaded)
             report.storage.append(res)
             log(f"  {res.per_event:.0f} bytes/event, {res.fraction * 100:.2f}% of the raw JSON")
         if count == mode.query_count:
+            backends.settle(database)
+            if is_postgres(database):
+                report.notes.append(
+                    "the query database was vacuumed and analyzed after its fill (VACUUM (ANALYZE)), as "
+                    "autovacuum does in a running installation"
+                )
             query_db = database
         elif database != keep:
             be.drop(database)

@@ -41,8 +41,20 @@ class StorageResult:
         return self.disk_bytes / max(self.raw_bytes, 1)
 
 
-def fill(database: str, count: int, *, seed: int = 1, days: float = 90.0, progress: bool = False) -> dict:
-    """Ingest ``count`` events of the mix into ``database`` (a subprocess on the server core)."""
+def fill(
+    database: str,
+    count: int,
+    *,
+    seed: int = 1,
+    days: float = 90.0,
+    progress: bool = False,
+    max_seconds: float | None = None,
+) -> dict:
+    """Ingest ``count`` events of the mix into ``database`` (a subprocess on the server core).
+
+    With ``max_seconds`` the fill stops after that long: the answer's ``events`` says how many it holds
+    and ``stopped_early`` that it is fewer than asked.
+    """
     cmd = procs.pinned(
         [
             sys.executable,
@@ -56,6 +68,7 @@ def fill(database: str, count: int, *, seed: int = 1, days: float = 90.0, progre
             "--days",
             str(days),
             *(["--progress"] if progress else []),
+            *(["--max-seconds", str(max_seconds)] if max_seconds else []),
         ],
         procs.SERVER_CORE,
     )

@@ -30,7 +30,7 @@ from typing import Any
 
 from spintrail.query import Filters
 from spintrail.record import AuditRecord, format_time
-from spintrail.store.base import Store, utc_day
+from spintrail.store.base import Store, day_name, utc_day
 from spintrail.timeline import Timeline, build_timeline
 
 DAY_MS = 86_400_000
@@ -959,18 +959,26 @@ def dashboard(
     index = {d: i for i, d in enumerate(days)}
     dash = Dashboard(since=since, until=end, days=days)
 
+    # Every change stage started in the period, read once: the deploy stages among them make the
+    # deployments, all of them the change volume per account (further below).
+    deploy_types = frozenset(DEPLOY_STAGE_TYPES)
     deps: dict[str, Deployment] = {}
-    for eid, t, accts in store.select(
+    # Change volume per account: one change per execution, account and kind.
+    changes: set[tuple[str, str, str]] = set()
+    for eid, stage_type, t, accts in store.select(
         Filters(
             type=("orca:stage:starting",),
-            stage_type=DEPLOY_STAGE_TYPES,
+            stage_type=CHANGE_STAGE_TYPES,
             application=apps,
             since=since,
             until=until,
         ),
-        ["execution_id", "time", "accounts"],
+        ["execution_id", "stage_type", "time", "accounts"],
     ):
-        if not eid:
+        kind = CHANGE_KINDS.get(stage_type or "", "other")
+        for a in accts:
+            changes.add((eid or "", a, kind))
+        if not eid or stage_type not in deploy_types:
             continue
         d = deps.get(eid)
         if d is None:
@@ -1004,7 +1012,7 @@ def dashboard(
     for d in deps.values():
         g = status_group(d.status, d.end is not None)
         totals[g] += 1
-        i = index.get(utc_day(d.first_deploy))
+        i = index.get(day_name(d.first_deploy // 86_400_000))  # cached per day
         if i is not None:
             dash.by_day[g][i] += 1
         if d.application:
@@ -1055,28 +1063,13 @@ def dashboard(
     approvers: Counter[str] = Counter()
     for t, decision, user in seen.values():
         dash.judgments[decision] += 1
-        i = index.get(utc_day(t))
+        i = index.get(day_name(t // 86_400_000))
         if i is not None:
             dash.judgments_by_day[decision][i] += 1
         if decision == "continue" and user:
             approvers[user] += 1
     dash.top_approvers = approvers.most_common(top)
 
-    # Change volume per account: one change per execution, account and kind.
-    changes: set[tuple[str, str, str]] = set()
-    for eid, stage_type, accts in store.select(
-        Filters(
-            type=("orca:stage:starting",),
-            stage_type=CHANGE_STAGE_TYPES,
-            application=apps,
-            since=since,
-            until=until,
-        ),
-        ["execution_id", "stage_type", "accounts"],
-    ):
-        kind = CHANGE_KINDS.get(stage_type or "", "other")
-        for a in accts:
-            changes.add((eid or "", a, kind))
     volume: dict[str, Counter[str]] = defaultdict(Counter)
     kinds: Counter[str] = Counter()
     for _eid, a, kind in changes:

@@ -158,6 +158,25 @@ def utc_day(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d")
 
 
+#: SQL (SQLite and PostgreSQL alike) for the UTC day number of an epoch-ms column ``{t}``: days since
+#: 1970-01-01, rounded down (integer division alone would round times before 1970 towards zero). Grouping by
+#: this integer is much cheaper than formatting a date per row; ``day_name`` turns it into ``YYYY-MM-DD``.
+DAY_NUMBER_SQL = "(CASE WHEN {t} >= 0 THEN {t} / 86400000 ELSE -((-({t} + 1)) / 86400000) - 1 END)"
+
+_DAY_MS = 86_400_000
+
+
+@functools.lru_cache(maxsize=4096)
+def day_name(day_number: int | None) -> str | None:
+    """The ``YYYY-MM-DD`` of a UTC day number (``DAY_NUMBER_SQL``); ``None`` outside years 1 to 9999."""
+    if day_number is None:
+        return None
+    try:
+        return utc_day(day_number * _DAY_MS)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
 def field_value(record: AuditRecord, name: str) -> Any:
     """One ``SELECTABLE`` field of a record (``day`` computed from ``time``)."""
     if name == DAY:
@@ -198,6 +217,8 @@ def _scoped_filters(fn: Callable[..., Any]) -> Callable[..., Any]:
         if scope.current() is not None:
             bound = sig.bind(*args, **kwargs)
             filters = bound.arguments.get("filters")
+            if filters is None:  # an optional filters argument left out: everything, so narrow that
+                filters = Filters()
             if isinstance(filters, Filters):
                 narrowed = scope.restrict(filters)
                 if narrowed is None:

@@ -23,6 +23,7 @@ the database, the retry finds every event already stored (duplicates) and loses 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import queue
 import re
@@ -44,6 +45,8 @@ from spintrail.query import COLUMN_FILTERS, LIST_FILTERS, Filters, type_pattern
 from spintrail.record import LIST_FIELDS, TEXT_FIELDS, AuditRecord
 from spintrail.store import blobs, pg_text
 from spintrail.store.base import (
+    DAY,
+    DAY_NUMBER_SQL,
     AppendResult,
     Page,
     PreparedEvent,
@@ -53,6 +56,8 @@ from spintrail.store.base import (
     StoreStats,
     StoreUnavailable,
     Written,
+    check_fields,
+    day_name,
     decode_cursor,
     encode_cursor,
 )
@@ -62,7 +67,13 @@ log = logging.getLogger(__name__)
 _RECORD_COLUMNS: tuple[str, ...] = ("event_id", "received_at", "time", *TEXT_FIELDS, *LIST_FIELDS)
 _SELECT_COLUMNS = "id, " + ", ".join(f'"{c}"' for c in _RECORD_COLUMNS)
 _SELECT = f"SELECT {_SELECT_COLUMNS} FROM events"
+_TEXT_COLUMNS = frozenset({"event_id", *TEXT_FIELDS})
 _INSERT_COLUMNS = ("id", *_RECORD_COLUMNS, "tags", "raw_id", "tsv")
+#: Rows a server-side cursor hands over per round trip (exports, ``select``).
+FETCH_ROWS = 2000
+_DAY_MS = 86_400_000
+#: Periods up to this many days are counted day by day (``count_by(..., ["day"])``); longer ones grouped.
+_MAX_DAYS_COUNTED = 1000
 
 #: Months further back than this get no partition of their own (their events go to the default partition).
 PARTITION_PAST_YEARS = 15
@@ -126,6 +137,16 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX events_tsv ON events USING gin (tsv);
         """,
     ),
+]
+
+
+#: Indexes for the dashboard and reports (stage-type filters), their own component as on SQLite. Without
+#: it a dashboard's "deploy stages started in the period" reads every stage-start event of the period.
+REPORT_MIGRATIONS: list[tuple[int, str]] = [
+    (1, "CREATE INDEX IF NOT EXISTS events_stage_type ON events (stage_type, time, id)"),
+    # The dashboard and reports look up the run events (pipeline/orchestration starting, complete,
+    # failed) of hundreds of executions at once: about 2 of each execution's ~45 rows.
+    (2, "CREATE INDEX IF NOT EXISTS events_execution_type ON events (execution_id, type)"),
 ]
 
 
@@ -277,6 +298,7 @@ class PostgresStore(Store):
         try:
             try:
                 migrate(conn, "events", MIGRATIONS)
+                migrate(conn, "events-reports", REPORT_MIGRATIONS)
             except psycopg.Error as exc:
                 raise StoreUnavailable(
                     f"cannot create the spintrail tables in {self.safe_url}: {exc}. Check that the user may "
@@ -898,6 +920,170 @@ class PostgresStore(Store):
     def execution(self, execution_id: str) -> list[AuditRecord]:
         rows = self._read(_SELECT + " WHERE execution_id = %s ORDER BY time, id", (clean_text(execution_id),))
         return [_row_to_record(r) for r in rows]
+
+    # -- aggregates and scans (the contract's defaults would read whole records page by page) ------------
+
+    @contextlib.contextmanager
+    def _streaming(self, query: str, args: Sequence[Any]) -> Iterator[psycopg.Cursor[Any]]:
+        """A server-side cursor over ``query``: rows come ``FETCH_ROWS`` at a time, however many match.
+
+        It holds one pooled connection and one read transaction (a consistent snapshot) until the caller
+        stops iterating; PostgreSQL readers never block writers.
+        """
+        with self._reading() as conn:
+            try:
+                with conn.transaction(), conn.cursor(name="spintrail_scan") as cur:
+                    cur.itersize = FETCH_ROWS
+                    cur.execute(query, args)
+                    yield cur
+            except psycopg.OperationalError as exc:
+                raise StoreUnavailable(f"PostgreSQL read failed: {str(exc).strip()}") from exc
+
+    def iter_search(self, filters: Filters, *, page_size: int = 1000) -> Iterator[AuditRecord]:
+        """Every matching record, newest first, streamed from one server-side cursor (bounded memory)."""
+        where, args = self._where(filters)
+        if where is None:
+            return
+        query = _SELECT + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY time DESC, id DESC"
+        with self._streaming(query, args) as cur:
+            cur.itersize = max(1, page_size)
+            for row in cur:
+                yield _row_to_record(row)
+
+    def select(self, filters: Filters, fields: Sequence[str]) -> Iterator[tuple[Any, ...]]:
+        """Keyset pages of ``FETCH_ROWS``: one round trip answers the usual few hundred rows of a report
+        (a server-side cursor would take five), and memory stays bounded however many match."""
+        check_fields(fields)
+        where, args = self._where(filters)
+        if where is None:
+            return
+        exprs = [DAY_NUMBER_SQL.format(t="time") if f == DAY else f'"{f}"' for f in fields]
+        days = [i for i, f in enumerate(fields) if f == DAY]
+        lists = [i for i, f in enumerate(fields) if f in LIST_FIELDS]
+        position: tuple[int, int] | None = None
+        while True:
+            conds, page_args = list(where), list(args)
+            if position is not None:
+                conds.append("(time, id) < (%s, %s)")
+                page_args += list(position)
+            query = f"SELECT time, id, {', '.join(exprs)} FROM events"
+            query += " WHERE " + " AND ".join(conds) if conds else ""
+            rows = self._read(query + " ORDER BY time DESC, id DESC LIMIT %s", [*page_args, FETCH_ROWS])
+            for row in rows:
+                values = list(row[2:])
+                for i in days:
+                    values[i] = day_name(values[i])
+                for i in lists:
+                    values[i] = list(values[i] or [])
+                yield tuple(values)
+            if len(rows) < FETCH_ROWS:
+                return
+            position = (rows[-1][0], rows[-1][1])
+
+    def count_by(
+        self, filters: Filters, by: Sequence[str], *, limit: int | None = None
+    ) -> list[tuple[tuple[Any, ...], int]]:
+        check_fields(by)
+        if list(by) == [DAY]:
+            per_day = self._count_days(filters)
+            if per_day is not None:
+                return per_day[:limit] if limit is not None else per_day
+        where, args = self._where(filters)
+        if where is None:
+            return []
+        exprs: list[str] = []
+        order: list[str] = []
+        joins: list[str] = []
+        for k, f in enumerate(by, 1):
+            if f == DAY:
+                exprs.append(DAY_NUMBER_SQL.format(t="e.time"))
+                order.append(f"{k} NULLS FIRST")
+            elif f in LIST_FIELDS:
+                # Each distinct value of the list once per record, as the contract says.
+                joins.append(f' CROSS JOIN LATERAL (SELECT DISTINCT v FROM unnest(e."{f}") AS u(v)) AS l{k}')
+                exprs.append(f"l{k}.v")
+                order.append(f'l{k}.v COLLATE "C" NULLS FIRST')
+            else:
+                exprs.append(f'e."{f}"')
+                text = f in _TEXT_COLUMNS
+                order.append(f'e."{f}" COLLATE "C" NULLS FIRST' if text else f"{k} NULLS FIRST")
+        query = f"SELECT {', '.join(exprs)}, count(*) AS n FROM events AS e" + "".join(joins)
+        query += (" WHERE " + " AND ".join(where) if where else "")
+        query += f" GROUP BY {', '.join(str(k) for k in range(1, len(by) + 1))}"
+        query += f" ORDER BY n DESC, {', '.join(order)}"
+        if limit is not None:
+            query += " LIMIT %s"
+            args = [*args, limit]
+        days = [i for i, f in enumerate(by) if f == DAY]
+        out: list[tuple[tuple[Any, ...], int]] = []
+        for row in self._read(query, args):
+            key = list(row[:-1])
+            for i in days:
+                key[i] = day_name(key[i])
+            out.append((tuple(key), int(row[-1])))
+        return out
+
+    def _count_days(self, filters: Filters) -> list[tuple[tuple[Any, ...], int]] | None:
+        """Matching records per UTC day as one index range count per day of the period, when the filters
+        are plain column equalities (an index of (column, time, id) counts each day without reading rows);
+        ``None`` otherwise, or when the period is too long for that."""
+        rest = dataclasses.replace(filters, since=None, until=None)
+        if (
+            rest.q is not None
+            or rest.type
+            or any(getattr(rest, n) for n in LIST_FILTERS)
+            or any(len(getattr(rest, n)) > 1 for n in COLUMN_FILTERS)
+        ):
+            return None
+        where, args = self._where(rest)
+        if where is None:
+            return []
+        lo, hi = filters.since, filters.until
+        if lo is None or hi is None:
+            first, last = self._read("SELECT min(time), max(time) FROM events")[0]
+            if first is None:
+                return []
+            lo = first if lo is None else lo
+            hi = last + 1 if hi is None else hi
+        lo, hi = _clamp(lo), _clamp(hi)
+        if hi <= lo:
+            return []
+        first_day, last_day = lo // _DAY_MS, (hi - 1) // _DAY_MS
+        if last_day - first_day > _MAX_DAYS_COUNTED or not -(2**62) < lo < hi < 2**62:
+            return None
+        conds = " AND ".join(
+            [
+                *where,
+                f"time >= greatest(d * {_DAY_MS}, {lo}::bigint)",
+                f"time < least((d + 1) * {_DAY_MS}, {hi}::bigint)",
+            ]
+        )
+        query = (
+            f"SELECT d, (SELECT count(*) FROM events WHERE {conds})"
+            f" FROM generate_series({first_day}::bigint, {last_day}::bigint) AS d"
+        )
+        counts = [((day_name(d),), int(c)) for d, c in self._read(query, args) if c]
+        counts.sort(key=lambda kv: (-kv[1], kv[0]))
+        return counts
+
+    def tail(self, after_id: int, filters: Filters | None = None, *, limit: int = 100) -> list[AuditRecord]:
+        """Records stored after ``after_id``, oldest first: ``event_ids`` walks the ids in order and gives
+        each one's partition key, so only the new rows are read."""
+        where, args = self._where(filters or Filters())
+        if where is None:
+            return []
+        # The filters name the columns unqualified: give them the events' columns only.
+        joined = (
+            "SELECT e.* FROM event_ids AS i JOIN events AS e ON e.time = i.time AND e.id = i.id"
+            " WHERE i.id > %s"
+        )
+        query = f"SELECT {_SELECT_COLUMNS} FROM ({joined}) AS e"
+        query += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id LIMIT %s"
+        rows = self._read(query, [_clamp(max(after_id, -1)), *args, limit])
+        return [_row_to_record(r) for r in rows]
+
+    def last_id(self) -> int:
+        return int(self._read("SELECT coalesce(max(id), 0) FROM event_ids")[0][0])
 
     def ping(self) -> None:
         if self._down is not None:

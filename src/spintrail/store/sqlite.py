@@ -8,6 +8,7 @@ waiting requests is answered. Many concurrent requests therefore share one fsync
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from spintrail.record import LIST_FIELDS, TEXT_FIELDS, AuditRecord
 from spintrail.store import blobs
 from spintrail.store.base import (
     DAY,
+    DAY_NUMBER_SQL,
     AppendResult,
     CheckReport,
     Page,
@@ -38,6 +40,7 @@ from spintrail.store.base import (
     StoreUnavailable,
     Written,
     check_fields,
+    day_name,
     decode_cursor,
     encode_cursor,
 )
@@ -46,6 +49,10 @@ log = logging.getLogger(__name__)
 
 _RECORD_COLUMNS: tuple[str, ...] = ("event_id", "received_at", "time", *TEXT_FIELDS, *LIST_FIELDS)
 _SELECT = "SELECT id, " + ", ".join(f'"{c}"' for c in _RECORD_COLUMNS) + " FROM events"
+_QUALIFIED_SELECT = "SELECT events.id, " + ", ".join(f'events."{c}"' for c in _RECORD_COLUMNS)
+#: The list filter a search walks ``event_tags`` by when only list filters narrow it: the kinds with the
+#: most distinct values (fewest rows per value) first.
+_DRIVING_KINDS: tuple[str, ...] = ("server_group", "ticket", "cluster", "namespace", "region", "account")
 
 #: Versioned schema migrations, applied in order on start and recorded in ``schema_migrations``.
 MIGRATIONS: list[tuple[int, str]] = [
@@ -98,10 +105,15 @@ MIGRATIONS: list[tuple[int, str]] = [
 #: version independently of the events schema.
 REPORT_MIGRATIONS: list[tuple[int, str]] = [
     (1, "CREATE INDEX IF NOT EXISTS events_stage_type ON events(stage_type, time, id)"),
+    # The dashboard and reports look up the run events (pipeline/orchestration starting, complete,
+    # failed) of hundreds of executions at once: about 2 of each execution's ~45 rows.
+    (2, "CREATE INDEX IF NOT EXISTS events_execution_type ON events(execution_id, type)"),
 ]
 
-_DAY_SQL = "strftime('%Y-%m-%d', {t} / 1000, 'unixepoch')"
 _TAG_KIND = {field_name: kind for kind, field_name in LIST_FILTERS.items()}
+_DAY_MS = 86_400_000
+#: Periods up to this many days are counted day by day (``count_by(..., ["day"])``); longer ones grouped.
+_MAX_DAYS_COUNTED = 1000
 
 
 @dataclass(slots=True)
@@ -380,15 +392,30 @@ class SqliteStore(Store):
     # -- reads -------------------------------------------------------------------------------------
 
     def search(self, filters: Filters, *, limit: int = 100, cursor: str | None = None) -> Page:
-        where, args = self._where(filters)
+        drive = _tag_driver(filters)
+        at = decode_cursor(cursor) if cursor else None
+        if at is not None and filters.until is not None and at[0] < filters.until:
+            # The cursor is then the tighter upper bound and must be the only one: given both, SQLite may
+            # bound its index range by ``until`` and step through every row between it and the cursor.
+            filters = dataclasses.replace(filters, until=None)
+        where, args = self._where(filters, drive=drive)
         if where is None:
             return Page([], None)
-        if cursor:
-            t, i = decode_cursor(cursor)
-            where.append("(time, id) < (?, ?)")
-            args += [t, i]
-        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY time DESC, id DESC LIMIT ?"
+        if drive is not None:
+            # Only list filters narrow the search: walk the tag's (time, row) index newest first and stop
+            # after a page, instead of collecting every tagged row and sorting them.
+            source = "event_tags AS t CROSS JOIN events ON events.id = t.event_row"
+            where = ["t.kind = ?", "t.value = ?", *where]
+            args = [drive[0], drive[1], *args]
+            position, order = "(t.time, t.event_row)", "t.time DESC, t.event_row DESC"
+        else:
+            source = "events"
+            position, order = "(events.time, events.id)", "events.time DESC, events.id DESC"
+        if at is not None:
+            where.append(f"{position} < (?, ?)")
+            args += list(at)
+        sql = f"{_QUALIFIED_SELECT} FROM {source}" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += f" ORDER BY {order} LIMIT ?"
         rows = self._read(sql, [*args, limit + 1])
         records = [_row_to_record(r) for r in rows[:limit]]
         nxt = None
@@ -398,45 +425,63 @@ class SqliteStore(Store):
             nxt = encode_cursor(last.time, last.id)
         return Page(records, nxt)
 
-    def _where(self, f: Filters) -> tuple[list[str] | None, list[Any]]:
+    def _where(
+        self, f: Filters, *, drive: tuple[str, str] | None = None
+    ) -> tuple[list[str] | None, list[Any]]:
+        """SQL conditions on the ``events`` table (columns qualified) for the filters.
+
+        ``drive``: the list filter (kind, value) a search walks ``event_tags`` by; it is left out here and
+        the time bounds apply to the tag rows (``t``), whose index gives them.
+        """
         where: list[str] = []
         args: list[Any] = []
         for name, column in COLUMN_FILTERS.items():
             values = getattr(f, name)
             if values:
-                where.append(f'"{column}" IN ({", ".join("?" for _ in values)})')
+                where.append(f'events."{column}" IN ({", ".join("?" for _ in values)})')
                 args += list(values)
         if f.type:
+            col = "events.type"
             ors = []
             for value in f.type:
                 text, prefix = type_pattern(value)
                 if prefix:
-                    ors.append("(type >= ? AND type < ?)")
+                    ors.append(f"({col} >= ? AND {col} < ?)")
                     args += [text, text + "\U0010ffff"]
                 else:
-                    ors.append("type = ?")
+                    ors.append(f"{col} = ?")
                     args.append(text)
             where.append("(" + " OR ".join(ors) + ")")
+        # Another condition picks the rows (an index of events, or the driving tag): a list filter is then
+        # a lookup of one row's tag in event_tags' primary key, never a list of every row with that tag.
+        probe = drive is not None or bool(f.type) or any(getattr(f, n) for n in COLUMN_FILTERS)
         for name in LIST_FILTERS:
             values = getattr(f, name)
-            if values:
+            if not values or (drive is not None and drive == (name, values[0])):
+                continue
+            marks = ", ".join("?" for _ in values)
+            if probe:
                 where.append(
-                    "id IN (SELECT event_row FROM event_tags WHERE kind = ? AND value IN ("
-                    + ", ".join("?" for _ in values)
-                    + "))"
+                    f"EXISTS (SELECT 1 FROM event_tags AS p WHERE p.kind = ? AND p.value IN ({marks})"
+                    " AND p.time = events.time AND p.event_row = events.id)"
                 )
-                args += [name, *values]
+            else:
+                where.append(
+                    f"events.id IN (SELECT event_row FROM event_tags WHERE kind = ? AND value IN ({marks}))"
+                )
+            args += [name, *values]
         if f.q is not None:
             match = fulltext.fts5_query(f.q)
             if match is None:
                 return None, []
-            where.append("id IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)")
+            where.append("events.id IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)")
             args.append(match)
+        time_column = "t.time" if drive is not None else "events.time"
         if f.since is not None:
-            where.append("time >= ?")
+            where.append(f"{time_column} >= ?")
             args.append(f.since)
         if f.until is not None:
-            where.append("time < ?")
+            where.append(f"{time_column} < ?")
             args.append(f.until)
         return where, args
 
@@ -487,13 +532,17 @@ class SqliteStore(Store):
         where, args = self._where(filters)
         if where is None:
             return
-        exprs = [_DAY_SQL.format(t="time") if f == DAY else f'"{f}"' for f in fields]
+        # After the first page the position is the upper bound (see ``search``): without ``until``.
+        later, later_args = self._where(dataclasses.replace(filters, until=None))
+        assert later is not None
+        exprs = [DAY_NUMBER_SQL.format(t="time") if f == DAY else f'"{f}"' for f in fields]
         lists = [i for i, f in enumerate(fields) if f in LIST_FIELDS]
+        days = [i for i, f in enumerate(fields) if f == DAY]
         position: tuple[int, int] | None = None
         chunk = 2000
         while True:
-            conds = list(where)
-            page_args = list(args)
+            conds = list(where if position is None else later)
+            page_args = list(args if position is None else later_args)
             if position is not None:
                 conds.append("(time, id) < (?, ?)")
                 page_args += list(position)
@@ -503,7 +552,10 @@ class SqliteStore(Store):
             for row in rows:
                 values = list(row[2:])
                 for i in lists:
-                    values[i] = json.loads(values[i])
+                    v = values[i]
+                    values[i] = [] if v == "[]" else json.loads(v)
+                for i in days:
+                    values[i] = day_name(values[i])
                 yield tuple(values)
             if len(rows) < chunk:
                 return
@@ -519,10 +571,15 @@ class SqliteStore(Store):
         where, args = self._where(filters)
         if where is None:
             return []
+        if list(by) == [DAY]:
+            per_day = self._count_days(filters)
+            if per_day is not None:
+                return per_day[:limit] if limit is not None else per_day
         exprs = []
         for f in by:
             if f == DAY:
-                exprs.append(_DAY_SQL.format(t="e.time"))
+                # Grouped by the day's number (no date formatting per row), named once per group below.
+                exprs.append(DAY_NUMBER_SQL.format(t="e.time"))
             elif f in LIST_FIELDS:
                 exprs.append("t.value")
             else:
@@ -537,7 +594,46 @@ class SqliteStore(Store):
         if limit is not None:
             sql += " LIMIT ?"
             args = [*args, limit]
-        return [(tuple(row[:-1]), row[-1]) for row in self._read(sql, args)]
+        days = [i for i, f in enumerate(by) if f == DAY]
+        out: list[tuple[tuple[Any, ...], int]] = []
+        for row in self._read(sql, args):
+            key = list(row[:-1])
+            for i in days:
+                key[i] = day_name(key[i])
+            out.append((tuple(key), row[-1]))
+        return out
+
+    def _count_days(self, filters: Filters) -> list[tuple[tuple[Any, ...], int]] | None:
+        """Matching records per UTC day, one index range count per day of the period (``None`` when the
+        period is too long for that). Much cheaper than grouping every row: SQLite would sort them all."""
+        # The period bounds each day's range below; left in the conditions, SQLite could take them for
+        # the index range instead and read the whole period once per day.
+        where, args = self._where(dataclasses.replace(filters, since=None, until=None))
+        if where is None:
+            return []
+        lo, hi = filters.since, filters.until
+        if lo is None or hi is None:
+            bounds = "SELECT (SELECT min(time) FROM events), (SELECT max(time) FROM events)"
+            first, last = self._read(bounds)[0]
+            if first is None:
+                return []
+            lo = first if lo is None else lo
+            hi = last + 1 if hi is None else hi
+        if hi <= lo:
+            return []
+        first_day, last_day = lo // _DAY_MS, (hi - 1) // _DAY_MS
+        if last_day - first_day > _MAX_DAYS_COUNTED or not -(2**62) < lo < hi < 2**62:
+            return None
+        conds = " AND ".join([*where, f"events.time >= max(d.n * {_DAY_MS}, {lo})"])
+        # e.g. events.application IN (?) AND events.time >= max(d.n * 86400000, lo) AND events.time < ...
+        conds += f" AND events.time < min((d.n + 1) * {_DAY_MS}, {hi})"
+        sql = (
+            f"WITH RECURSIVE d(n) AS (SELECT {first_day} UNION ALL SELECT n + 1 FROM d WHERE n < {last_day})"
+            f" SELECT d.n, (SELECT count(*) FROM events WHERE {conds}) AS c FROM d"
+        )
+        counts = [((day_name(n),), c) for n, c in self._read(sql, args) if c]
+        counts.sort(key=lambda kv: (-kv[1], kv[0]))
+        return counts
 
     def tail(self, after_id: int, filters: Filters | None = None, *, limit: int = 100) -> list[AuditRecord]:
         where, args = self._where(filters or Filters())
@@ -604,6 +700,17 @@ class SqliteStore(Store):
                     conn.close()
             self._readers.clear()
         self._local = threading.local()
+
+
+def _tag_driver(f: Filters) -> tuple[str, str] | None:
+    """The (kind, value) of the list filter to walk ``event_tags`` by, when nothing else picks the rows."""
+    if f.type or any(getattr(f, n) for n in COLUMN_FILTERS):
+        return None
+    for kind in _DRIVING_KINDS:
+        values = getattr(f, kind)
+        if len(values) == 1:
+            return kind, values[0]
+    return None
 
 
 def _row_to_record(row: Sequence[Any]) -> AuditRecord:
