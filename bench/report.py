@@ -180,7 +180,13 @@ HOW_TO_RUN = [
     "python bench/profile.py mix              # one traffic, profiled by hand (top frames printed)",
     "```",
     "",
-    "`--query-db FILE` keeps the filled query database (SQLite) and reuses it on the next run; generated "
+    "Each report holds one backend's run: [benchmarks.md](benchmarks.md) SQLite's (the default), "
+    "[benchmarks-postgresql.md](benchmarks-postgresql.md) PostgreSQL's "
+    "(`--out docs/benchmarks-postgresql.md`).",
+    "",
+    "`--query-db FILE` (or a `postgresql://` URL) keeps the filled query database and reuses it on the "
+    "next run (a SQLite file with the figures of its fill, so the storage part can measure it again); "
+    "generated "
     "request bodies are cached in `~/.cache/spintrail-bench`. `python bench/run.py --help` lists every "
     "option.",
     "",
