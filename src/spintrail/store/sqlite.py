@@ -92,6 +92,11 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE VIRTUAL TABLE events_fts USING fts5(text, content='', columnsize=0);
         """,
     ),
+    # Raw bytes are written as blocks of long-lived zstd streams (store/blobs.py): a blob's predecessor in
+    # its frame (base_id) belongs to another execution's event, so each blob names its own event, which
+    # retention asks before it removes a blob. Rows written before have no event_row (delta chains stay
+    # within one execution, where retention finds their event by execution id).
+    (2, "ALTER TABLE raw ADD COLUMN event_row INTEGER"),
 ]
 
 #: Indexes for the web pages and reports (stage-type filters), kept as their own component so they
@@ -100,6 +105,17 @@ REPORT_MIGRATIONS: list[tuple[int, str]] = [
     (1, "CREATE INDEX IF NOT EXISTS events_stage_type ON events(stage_type, time, id)"),
 ]
 
+#: A raw blob and the blobs it needs (its stream frame or delta chain), newest first.
+_CHAIN_SQL = f"""
+    WITH RECURSIVE chain(id, n) AS (
+        SELECT ?, 0
+        UNION ALL
+        SELECT raw.base_id, chain.n + 1 FROM raw JOIN chain ON raw.id = chain.id
+        WHERE raw.codec IN ({", ".join(str(c) for c in blobs.CHAINED)}) AND raw.base_id IS NOT NULL
+          AND chain.n < ?
+    )
+    SELECT raw.id, raw.codec, raw.data, raw.size, raw.base_id FROM chain JOIN raw ON raw.id = chain.id
+"""
 _DAY_SQL = "strftime('%Y-%m-%d', {t} / 1000, 'unixepoch')"
 _TAG_KIND = {field_name: kind for kind, field_name in LIST_FILTERS.items()}
 
@@ -147,7 +163,7 @@ class SqliteStore(Store):
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._closed = False
-        self._cache = blobs.DeltaCache()
+        self._streams = blobs.Streams()
         self.commit_observer: Any = None  # callable(seconds, events) set by the app for metrics
         self.disk_full = False  # the last commit failed for lack of disk space
         self._disk_full_logged = 0.0
@@ -247,7 +263,7 @@ class SqliteStore(Store):
                         job.future.set_exception(_store_error(exc))
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
-                self._cache.clear()
+                self._streams.clear()
                 conn = self._writer_connection()
         conn.close()
 
@@ -265,7 +281,7 @@ class SqliteStore(Store):
 
     def _commit(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
         started = time.perf_counter()
-        new_blobs: set[int] = set()
+        new_blobs: set[str] = set()
         count = sum(len(j.items) for j in jobs)
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -281,7 +297,7 @@ class SqliteStore(Store):
         except Exception as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            self._cache.forget(new_blobs)
+            self._streams.discard(new_blobs)
             if _is_disk_full(exc):
                 # Not a bad request: every job of the group fails alike, no point retrying each alone.
                 self._note_disk_full(exc, count)
@@ -327,7 +343,7 @@ class SqliteStore(Store):
         conn: sqlite3.Connection,
         item: PreparedEvent,
         seen: dict[str, int],
-        new_blobs: set[int],
+        new_blobs: set[str],
         written: list[Written],
     ) -> AppendResult:
         rec = item.record
@@ -336,31 +352,34 @@ class SqliteStore(Store):
         row = conn.execute("SELECT id FROM events WHERE event_id = ?", (rec.event_id,)).fetchone()
         if row is not None:
             return AppendResult(row[0], True)
+        row_id = item.id
+        if row_id is None:
+            row_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
         raw_id: int | None = None
         if item.keep_raw:
-            key = blobs.delta_key(rec.execution_id, rec.type)
-            base = self._cache.base_for(key)
-            if (
-                base is not None
-                and conn.execute("SELECT 1 FROM raw WHERE id = ?", (base[0],)).fetchone() is None
-            ):
-                # Retention removed the cached base since: start a new chain.
-                self._cache.forget({base[0]})
-                base = None
-            blob = blobs.compress(item.raw, base[1] if base else None, base[0] if base else None)
+            key = blobs.stream_key(
+                rec.pipeline_config_id, rec.application, rec.execution_id, rec.source, rec.type
+            )
+            blob = self._streams.compress(
+                key,
+                item.raw,
+                rec.time,
+                lambda blob_id: conn.execute("SELECT 1 FROM raw WHERE id = ?", (blob_id,)).fetchone()
+                is not None,
+            )
             raw_id = conn.execute(
-                "INSERT INTO raw(codec, base_id, size, sha256, data) VALUES (?, ?, ?, ?, ?)",
-                (blob.codec, blob.base_id, blob.size, blob.sha256, blob.data),
+                "INSERT INTO raw(codec, base_id, size, sha256, data, event_row) VALUES (?, ?, ?, ?, ?, ?)",
+                (blob.codec, blob.prev, blob.size, blob.sha256, blob.data, row_id),
             ).lastrowid
             assert raw_id is not None
-            new_blobs.add(raw_id)
-            self._cache.remember(key, raw_id, item.raw, base[2] + 1 if base else 0)
+            new_blobs.add(key)
+            self._streams.stored(key, blob, raw_id)
         values = [getattr(rec, c) for c in _RECORD_COLUMNS[: 3 + len(TEXT_FIELDS)]]
         values += [json.dumps(getattr(rec, c), ensure_ascii=False) for c in LIST_FIELDS]
         cols = ", ".join(f'"{c}"' for c in _RECORD_COLUMNS)
         marks = ", ".join("?" for _ in _RECORD_COLUMNS)
         row_id = conn.execute(
-            f"INSERT INTO events(id, {cols}, raw_id) VALUES (?, {marks}, ?)", (item.id, *values, raw_id)
+            f"INSERT INTO events(id, {cols}, raw_id) VALUES (?, {marks}, ?)", (row_id, *values, raw_id)
         ).lastrowid
         assert row_id is not None
         tags = [
@@ -461,22 +480,13 @@ class SqliteStore(Store):
         return self._blob(rows[0][0])
 
     def _blob(self, blob_id: int) -> bytes:
-        chain: list[tuple[int, bytes, int]] = []
-        next_id: int | None = blob_id
-        while next_id is not None:
-            rows = self._read("SELECT codec, data, size, base_id FROM raw WHERE id = ?", (next_id,))
-            if not rows:
-                raise StoreUnavailable(f"raw blob {next_id} is missing")
-            codec, data, size, base_id = rows[0]
-            chain.append((codec, data, size))
-            next_id = base_id if codec == blobs.CODEC_ZSTD_DELTA else None
-            if len(chain) > 2 * blobs.MAX_CHAIN + 2:
-                raise StoreUnavailable(f"raw blob {blob_id} has a broken delta chain")
-        out: bytes | None = None
-        for codec, data, size in reversed(chain):
-            out = blobs.decompress(codec, data, size, out)
-        assert out is not None
-        return out
+        # The blob and every blob before it in its frame (or delta chain), in one statement.
+        rows = self._read(_CHAIN_SQL, (blob_id, blobs.FRAME_MAX_EVENTS * 4))
+        chain = {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+        try:
+            return blobs.BlobReader(chain.get).read(blob_id)
+        except (LookupError, ValueError) as exc:
+            raise StoreUnavailable(f"raw blob {blob_id} cannot be read: {exc}") from exc
 
     def execution(self, execution_id: str) -> list[AuditRecord]:
         rows = self._read(_SELECT + " WHERE execution_id = ? ORDER BY time, id", (execution_id,))

@@ -5,8 +5,10 @@ stopping ingest and without taking the write lock. Checks, in order:
 
 - ``integrity_check``: SQLite's ``PRAGMA integrity_check`` (``quick_check`` with ``quick``): pages, b-trees,
   indexes, UNIQUE and NOT NULL constraints;
-- ``event_raw``: every event has its raw blob, and every raw blob belongs to exactly one event;
-- ``delta_base``: every delta blob's base exists and is older than the blob (no cycles);
+- ``event_raw``: every event has its raw blob, and every raw blob belongs to exactly one event (or, once
+  retention removed its event, is still needed by a later blob of its frame or chain);
+- ``delta_base``: every delta blob's base, and every stream blob's predecessor in its frame, exists and is
+  older than the blob (no cycles);
 - ``raw_sha256``: every raw blob decompresses to its recorded size and SHA-256 (skipped with ``quick``);
 - ``tags``: the tag index holds exactly each event's list values (accounts, regions, ...), at its time;
 - ``fulltext``: the full-text index can be read end to end and indexes no row that is not an event
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections import OrderedDict
 from collections.abc import Callable
 
 from spintrail.query import LIST_FILTERS
@@ -103,8 +104,11 @@ def _event_raw(conn: sqlite3.Connection, report: CheckReport) -> None:
     ):
         listing.add(f"raw blob {raw_id} is shared by {n} events")
     for (raw_id,) in conn.execute(
-        # NOT IN builds one temporary index of the subquery (events.raw_id has none): O(n log n).
+        # NOT IN builds one temporary index of the subquery (events.raw_id has none): O(n log n). A blob
+        # whose event retention removed stays while a later blob of its frame (or a delta) needs it.
         "SELECT id FROM raw WHERE id NOT IN (SELECT raw_id FROM events WHERE raw_id IS NOT NULL)"
+        " AND (id NOT IN (SELECT base_id FROM raw WHERE base_id IS NOT NULL)"
+        "      OR event_row IN (SELECT id FROM events))"
     ):
         listing.add(f"raw blob {raw_id} belongs to no event")
     listing.close()
@@ -113,12 +117,13 @@ def _event_raw(conn: sqlite3.Connection, report: CheckReport) -> None:
 def _delta_base(conn: sqlite3.Connection, report: CheckReport) -> None:
     listing = _Listing(report, "delta_base")
     report.checks["delta_base"] = conn.execute(
-        "SELECT count(*) FROM raw WHERE codec = ?", (blobs.CODEC_ZSTD_DELTA,)
+        "SELECT count(*) FROM raw WHERE codec IN (?, ?)", blobs.CHAINED
     ).fetchone()[0]
     for id_, base_id in conn.execute(
         "SELECT r.id, r.base_id FROM raw r LEFT JOIN raw b ON b.id = r.base_id"
-        " WHERE r.codec = ? AND (b.id IS NULL OR r.base_id >= r.id)",
-        (blobs.CODEC_ZSTD_DELTA,),
+        " WHERE (r.codec = ? AND (b.id IS NULL OR r.base_id >= r.id))"
+        " OR (r.codec = ? AND r.base_id IS NOT NULL AND (b.id IS NULL OR r.base_id >= r.id))",
+        blobs.CHAINED,
     ):
         if base_id is None:
             listing.add(f"delta blob {id_} names no base")
@@ -127,33 +132,10 @@ def _delta_base(conn: sqlite3.Connection, report: CheckReport) -> None:
         else:
             listing.add(f"delta blob {id_} has base {base_id}, which does not exist")
     for id_, codec in conn.execute(
-        "SELECT id, codec FROM raw WHERE codec NOT IN (?, ?, ?)",
-        (blobs.CODEC_PLAIN, blobs.CODEC_ZSTD, blobs.CODEC_ZSTD_DELTA),
+        f"SELECT id, codec FROM raw WHERE codec NOT IN ({', '.join('?' for _ in blobs.CODECS)})", blobs.CODECS
     ):
         listing.add(f"raw blob {id_} has unknown codec {codec}")
     listing.close()
-
-
-class _Decoded:
-    """Recently decompressed blobs, so a delta chain is decompressed once while blobs are read in order."""
-
-    def __init__(self, max_bytes: int = 64 << 20) -> None:
-        self._items: OrderedDict[int, bytes] = OrderedDict()
-        self._bytes = 0
-        self.max_bytes = max_bytes
-
-    def get(self, id_: int) -> bytes | None:
-        data = self._items.get(id_)
-        if data is not None:
-            self._items.move_to_end(id_)
-        return data
-
-    def put(self, id_: int, data: bytes) -> None:
-        self._items[id_] = data
-        self._bytes += len(data)
-        while self._bytes > self.max_bytes and len(self._items) > 1:
-            _, old = self._items.popitem(last=False)
-            self._bytes -= len(old)
 
 
 def _raw_sha256(
@@ -162,36 +144,22 @@ def _raw_sha256(
     listing = _Listing(report, "raw_sha256")
     total = conn.execute("SELECT count(*) FROM raw").fetchone()[0]
     report.checks["raw_sha256"] = total
-    decoded = _Decoded()
-    reader = conn.cursor()
+    fetcher = conn.cursor()
 
-    def load(id_: int, depth: int = 0) -> bytes:
-        data = decoded.get(id_)
-        if data is not None:
-            return data
-        row = reader.execute("SELECT codec, data, size, base_id FROM raw WHERE id = ?", (id_,)).fetchone()
-        if row is None:
-            raise LookupError(f"base blob {id_} is missing")
-        if depth > blobs.MAX_CHAIN * 4:
-            raise LookupError("delta chain is too long (a cycle?)")
-        codec, blob, size, base_id = row
-        base = load(base_id, depth + 1) if codec == blobs.CODEC_ZSTD_DELTA and base_id is not None else None
-        out = blobs.decompress(codec, blob, size, base)
-        decoded.put(id_, out)
-        return out
+    def fetch(id_: int) -> blobs.Row | None:
+        row = fetcher.execute("SELECT codec, data, size, base_id FROM raw WHERE id = ?", (id_,)).fetchone()
+        return (row[0], row[1], row[2], row[3]) if row else None
 
-    rows = conn.execute("SELECT id, codec, data, size, sha256, base_id FROM raw ORDER BY id")
-    for done, (id_, codec, blob, size, sha, base_id) in enumerate(rows, start=1):
+    # Blobs are read in id order, so the reader decompresses each stream frame and delta chain once.
+    reader = blobs.BlobReader(fetch)
+    rows = conn.execute("SELECT id, sha256 FROM raw ORDER BY id")
+    for done, (id_, sha) in enumerate(rows, start=1):
         try:
-            base = load(base_id) if codec == blobs.CODEC_ZSTD_DELTA and base_id is not None else None
-            out = blobs.decompress(codec, blob, size, base)
+            out = reader.read(id_)
         except Exception as exc:  # zstd errors, missing bases, unknown codecs: all reported the same way
             listing.add(f"raw blob {id_} cannot be decompressed: {exc}")
         else:
-            decoded.put(id_, out)
-            if len(out) != size:
-                listing.add(f"raw blob {id_} decompresses to {len(out)} bytes, {size} recorded")
-            elif hashlib.sha256(out).digest() != bytes(sha):
+            if hashlib.sha256(out).digest() != bytes(sha):
                 listing.add(f"raw blob {id_} does not match its recorded SHA-256")
         if progress is not None and (done % 1000 == 0 or done == total):
             progress(done, total)

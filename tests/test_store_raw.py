@@ -1,0 +1,206 @@
+"""SQLite raw bytes in zstd stream frames: byte-exact across frames, files of the older layout, retention."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from conftest import make_record
+from spintrail import retention
+from spintrail.retention import Policy
+from spintrail.store import PreparedEvent, blobs
+from spintrail.store.sqlite import MIGRATIONS, SqliteStore, migrate
+
+DAY = 86_400_000
+T0 = 1_700_000_000_000  # 2023-11-14
+
+
+def stage_event(n: int, pipeline: str, *, size: int = 2000, t: int | None = None) -> PreparedEvent:
+    """An event that repeats a growing execution, as orca's stage events do (random bytes in each)."""
+    rng = random.Random(n)
+    body = {
+        "eventId": f"evt-{n:06d}",
+        "n": n,
+        "execution": {"pipelineConfigId": pipeline, "stages": [{"i": i, "ctx": "c" * 50} for i in range(n % 40)]},
+        "noise": rng.randbytes(16).hex(),
+        "pad": "p" * size,
+    }
+    rec = make_record(
+        n,
+        time=t if t is not None else T0 + n * 1000,
+        pipeline_config_id=pipeline,
+        execution_id=f"exe-{pipeline}-{n // 10}",
+        type="orca:stage:complete",
+    )
+    return PreparedEvent(record=rec, raw=json.dumps(body).encode(), text="")
+
+
+def test_stream_frames_read_back_byte_for_byte_across_frame_boundaries(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SqliteStore(path)
+    try:
+        # Three pipelines interleaved, more events per key than a frame holds, a month change in one.
+        items = [stage_event(n, f"P{n % 3}", size=1000) for n in range(3 * blobs.FRAME_MAX_EVENTS + 30)]
+        items.append(stage_event(90_000, "P0", t=T0 + 40 * DAY))  # next month: a new frame
+        items.append(PreparedEvent(record=make_record(90_001), raw=b"{}", text=""))  # tiny: stored plain
+        results = store.append(items)
+        conn = sqlite3.connect(path)
+        starts = conn.execute("SELECT count(*) FROM raw WHERE codec = 3 AND base_id IS NULL").fetchone()[0]
+        per_frame = conn.execute(
+            "SELECT max(n) FROM (SELECT count(*) AS n FROM raw WHERE codec = 3 GROUP BY event_row % 1)"
+        ).fetchone()[0]
+        codecs = dict(conn.execute("SELECT codec, count(*) FROM raw GROUP BY codec").fetchall())
+        conn.close()
+        assert starts >= 7  # 3 keys x (more than 2 frames each) + the new month
+        assert per_frame is not None
+        assert codecs[blobs.CODEC_PLAIN] == 1
+        # Random order (no reader state helps), and in order.
+        order = list(zip(results, items, strict=True))
+        random.Random(5).shuffle(order)
+        for res, item in order:
+            assert store.raw(res.id) == item.raw
+        st = store.stats()
+        assert st.raw_bytes == sum(len(i.raw) for i in items)
+        assert st.stored_raw_bytes < st.raw_bytes / 10
+        report = store.check()
+        assert report.ok, report.problems
+    finally:
+        store.close()
+
+
+def test_a_frame_is_not_continued_after_a_failed_commit_or_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    store = SqliteStore(path)
+    first = store.append([stage_event(n, "P") for n in range(5)])
+    store.close()
+    store = SqliteStore(path)  # the writer's streams start again: a new frame
+    try:
+        second = store.append([stage_event(n, "P") for n in range(5, 10)])
+
+        def boom(conn: Any, written: list[Any]) -> None:
+            raise RuntimeError("hook failed")
+
+        store.write_hooks.append(boom)
+        try:
+            store.append([stage_event(n, "P") for n in range(10, 12)])
+        except Exception:
+            pass
+        store.write_hooks.remove(boom)
+        third = store.append([stage_event(n, "P") for n in range(12, 15)])
+        for res, n in [*zip(first, range(5)), *zip(second, range(5, 10)), *zip(third, range(12, 15))]:
+            assert store.raw(res.id) == stage_event(n, "P").raw
+        conn = sqlite3.connect(path)
+        starts = conn.execute("SELECT count(*) FROM raw WHERE base_id IS NULL").fetchone()[0]
+        conn.close()
+        assert starts == 3
+        assert store.check().ok
+    finally:
+        store.close()
+
+
+def test_a_file_of_the_older_layout_is_converted_and_keeps_every_byte(tmp_path: Path) -> None:
+    # A version 1 file: delta chains, no event_row on raw rows.
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrate(conn, "events", MIGRATIONS[:1])
+    raws: dict[int, bytes] = {}
+    base: tuple[int, bytes] | None = None
+    for i in range(1, 31):
+        raw = json.dumps({"i": i, "execution": {"stages": list(range(i * 10))}}).encode()
+        blob = blobs.compress(raw, base[1] if base and i % 24 else None, base[0] if base and i % 24 else None)
+        conn.execute(
+            "INSERT INTO raw(id, codec, base_id, size, sha256, data) VALUES (?, ?, ?, ?, ?, ?)",
+            (i, blob.codec, blob.base_id, blob.size, blob.sha256, blob.data),
+        )
+        rec = make_record(i, execution_id="E1", type="orca:task:complete", time=T0 + i * DAY)
+        conn.execute(
+            "INSERT INTO events(id, event_id, received_at, time, execution_id, type, raw_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (i, rec.event_id, rec.received_at, rec.time, rec.execution_id, rec.type, i),
+        )
+        raws[i] = raw
+        base = (i, raw)
+    conn.close()
+    store = SqliteStore(path)
+    try:
+        versions = store._read("SELECT version FROM schema_migrations WHERE component = 'events'")
+        assert [v for (v,) in versions] == [v for v, _ in MIGRATIONS]
+        for i, raw in raws.items():
+            assert store.raw(i) == raw
+        # New events go into streams beside the old chains.
+        new = store.append([stage_event(n, "P", t=T0 + 40 * DAY + n) for n in range(100, 110)])
+        for res, n in zip(new, range(100, 110), strict=True):
+            assert store.raw(res.id) == stage_event(n, "P").raw
+        assert store.check().ok
+        # Retention removes old chains as before: days 1-19 go, their bases stay for days 20-24.
+        report = retention.run(store, Policy(task_days=11), now_ms=T0 + 31 * DAY)
+        assert report.events["task"] == 19
+        for i in range(20, 31):
+            assert store.raw(i) == raws[i]
+        report = store.check()
+        assert report.ok, report.problems
+    finally:
+        store.close()
+
+
+def test_retention_removes_stream_blobs_once_no_later_blob_of_the_frame_needs_them(tmp_path: Path) -> None:
+    path = tmp_path / "ret.db"
+    store = SqliteStore(path)
+    try:
+        # Tasks of one pipeline, one a day: one frame (same month). Stages of the same pipeline: their own frame.
+        tasks = [stage_event(n, "P", t=T0 + n * DAY) for n in range(20)]
+        for p in tasks:
+            p.record.type = "orca:task:complete"
+        stages = [stage_event(100 + n, "P", t=T0 + n * DAY) for n in range(5)]
+        newest = stage_event(999, "Q", t=T0 + 60 * DAY)
+        results = store.append([*tasks, *stages, newest])
+        raws = {r.id: i.raw for r, i in zip(results, [*tasks, *stages, newest], strict=True)}
+        total = store._read("SELECT count(*) FROM raw")[0][0]
+        # Tasks older than day 10 go; their blobs stay: later blobs of the frame need them.
+        report = retention.run(store, Policy(task_days=50), now_ms=T0 + 60 * DAY)
+        assert report.events["task"] == 10 and report.raw_blobs == 0
+        assert store._read("SELECT count(*) FROM raw")[0][0] == total
+        left = [r for r in results if store.get(r.id) is not None]
+        for r in left:
+            assert store.raw(r.id) == raws[r.id]
+        # The rest of the tasks go: the whole task frame goes with them; the stage frame is untouched.
+        report = retention.run(store, Policy(task_days=1), now_ms=T0 + 60 * DAY)
+        assert report.events["task"] == 10 and report.raw_blobs == 20
+        for r in results[20:]:
+            assert store.raw(r.id) == raws[r.id]
+        # A task event appended now cannot continue the removed frame: it starts a new one.
+        late = stage_event(50, "P", t=T0 + 19 * DAY + 1)
+        late.record.type = "orca:task:complete"
+        late.record.event_id = "late"
+        [res] = store.append([late])
+        assert store.raw(res.id) == late.raw
+        assert store._read("SELECT base_id FROM raw WHERE event_row = ?", (res.id,))[0][0] is None
+        report = store.check()
+        assert report.ok, report.problems
+    finally:
+        store.close()
+
+
+def test_check_reports_a_damaged_stream_blob(tmp_path: Path) -> None:
+    path = tmp_path / "bad.db"
+    store = SqliteStore(path)
+    try:
+        results = store.append([stage_event(n, "P") for n in range(10)])
+        conn = sqlite3.connect(path)
+        raw_id = conn.execute("SELECT raw_id FROM events WHERE id = ?", (results[4].id,)).fetchone()[0]
+        data = conn.execute("SELECT data FROM raw WHERE id = ?", (raw_id,)).fetchone()[0]
+        conn.execute("UPDATE raw SET data = ? WHERE id = ?", (bytes(b ^ 0x5A for b in data), raw_id))
+        conn.commit()
+        conn.close()
+        report = store.check()
+        assert not report.ok
+        assert any(p.check == "raw_sha256" and f"raw blob {raw_id}" in p.message for p in report.problems)
+        assert hashlib.sha256(store.raw(results[2].id) or b"").digest() == hashlib.sha256(
+            stage_event(2, "P").raw
+        ).digest()
+    finally:
+        store.close()
