@@ -141,7 +141,8 @@ def test_changed_raw_bytes_are_named(log: Log) -> None:
     problems = log.verify().problems
     # Raw bytes are blocks of a zstd stream: a changed block also changes what the later blocks of its
     # frame decompress to (record 3 here), never the earlier ones.
-    frame = {r for (r,) in log.sql("SELECT event_row FROM raw WHERE id >= ? AND base_id IS NOT NULL", (raw_id,))}
+    later = log.sql("SELECT event_row FROM raw WHERE id >= ? AND base_id IS NOT NULL", (raw_id,))
+    frame = {r for (r,) in later}
     assert ("raw_changed", 2) in [(p.kind, p.record) for p in problems]
     assert {(p.kind, p.record) for p in problems} <= {("raw_changed", r) for r in frame | {2}}
 

@@ -356,9 +356,13 @@ class _SqliteRetention:
                             "SELECT 1 FROM events WHERE id = ? AND raw_id = ?", (event_row, bid)
                         ).fetchone()
                     else:
-                        in_use = exe is None or conn.execute(
-                            "SELECT 1 FROM events WHERE execution_id = ? AND raw_id = ? LIMIT 1", (exe, bid)
-                        ).fetchone()
+                        in_use = (
+                            exe is None
+                            or conn.execute(
+                                "SELECT 1 FROM events WHERE execution_id = ? AND raw_id = ? LIMIT 1",
+                                (exe, bid),
+                            ).fetchone()
+                        )
                     if in_use:
                         continue
                 conn.execute("DELETE FROM raw WHERE id = ?", (bid,))

@@ -364,8 +364,9 @@ class SqliteStore(Store):
                 key,
                 item.raw,
                 rec.time,
-                lambda blob_id: conn.execute("SELECT 1 FROM raw WHERE id = ?", (blob_id,)).fetchone()
-                is not None,
+                lambda blob_id: (
+                    conn.execute("SELECT 1 FROM raw WHERE id = ?", (blob_id,)).fetchone() is not None
+                ),
             )
             raw_id = conn.execute(
                 "INSERT INTO raw(codec, base_id, size, sha256, data, event_row) VALUES (?, ?, ?, ?, ?, ?)",
