@@ -13,6 +13,7 @@ import pytest
 
 from conftest import make_record
 from spintrail import retention
+from spintrail.query import Filters
 from spintrail.retention import Policy
 from spintrail.store import PreparedEvent, StoreUnavailable, blobs
 from spintrail.store.sqlite import MIGRATIONS, SqliteStore, migrate
@@ -118,10 +119,24 @@ def test_a_file_of_the_older_layout_is_converted_and_keeps_every_byte(tmp_path: 
         )
         rec = make_record(i, execution_id="E1", type="orca:task:complete", time=T0 + i * DAY)
         conn.execute(
-            "INSERT INTO events(id, event_id, received_at, time, execution_id, type, raw_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (i, rec.event_id, rec.received_at, rec.time, rec.execution_id, rec.type, i),
+            'INSERT INTO events(id, event_id, received_at, time, execution_id, type, "user", application,'
+            " description, accounts, raw_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                i,
+                rec.event_id,
+                rec.received_at,
+                rec.time,
+                rec.execution_id,
+                rec.type,
+                f"user{i % 3}@example.com",
+                "checkout",
+                "Résumé ✓" if i == 7 else None,
+                json.dumps(["prod", f"acct-{i % 2}"]),
+                i,
+            ),
         )
+        for value in ("prod", f"acct-{i % 2}"):
+            conn.execute("INSERT INTO event_tags VALUES ('account', ?, ?, ?)", (value, rec.time, i))
         raws[i] = raw
         base = (i, raw)
     conn.close()
@@ -131,6 +146,24 @@ def test_a_file_of_the_older_layout_is_converted_and_keeps_every_byte(tmp_path: 
         assert [v for (v,) in versions] == [v for v, _ in MIGRATIONS]
         for i, raw in raws.items():
             assert store.raw(i) == raw
+            got = store.get(i)
+            assert got is not None
+            assert (got.event_id, got.time, got.execution_id, got.type) == (
+                f"evt-{i:06d}",
+                T0 + i * DAY,
+                "E1",
+                "orca:task:complete",
+            )
+            assert (got.user, got.application, got.accounts) == (
+                f"user{i % 3}@example.com",
+                "checkout",
+                ["prod", f"acct-{i % 2}"],
+            )
+            assert got.description == ("Résumé ✓" if i == 7 else None)
+            assert got.regions == []
+        page = store.search(Filters(user=("user1@example.com",)), limit=100)
+        assert sorted(r.id for r in page.records if r.id) == [i for i in raws if i % 3 == 1]
+        assert [r.id for r in store.execution("E1")] == list(raws)
         # New events go into streams beside the old chains.
         new = store.append([stage_event(n, "P", t=T0 + 40 * DAY + n) for n in range(100, 110)])
         for res, n in zip(new, range(100, 110), strict=True):

@@ -226,7 +226,7 @@ _RECORD_COLUMNS = ("id", "event_id", "received_at", "time", *TEXT_FIELDS, *LIST_
 #: removed event would show another one; a writer's cached delta base would change under it). Ids are
 #: never reused.
 _NOT_NEWEST = (
-    " AND id < (SELECT max(id) FROM events) AND (raw_id IS NULL OR raw_id < (SELECT max(id) FROM raw))"
+    " AND id < (SELECT max(id) FROM event_rows) AND (raw_id IS NULL OR raw_id < (SELECT max(id) FROM raw))"
 )
 
 
@@ -302,7 +302,7 @@ class _SqliteRetention:
                     blobs_of[raw_id] = rec.execution_id
             marks = ", ".join("?" for _ in ids)
             conn.execute(f"DELETE FROM event_tags WHERE event_row IN ({marks})", ids)
-            conn.execute(f"DELETE FROM events WHERE id IN ({marks})", ids)
+            conn.execute(f"DELETE FROM event_rows WHERE id IN ({marks})", ids)
             if conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'integrity_leaves'"
             ).fetchone():
@@ -353,14 +353,15 @@ class _SqliteRetention:
                 if not own_event_gone:
                     if event_row is not None:
                         in_use = conn.execute(
-                            "SELECT 1 FROM events WHERE id = ? AND raw_id = ?", (event_row, bid)
+                            "SELECT 1 FROM event_rows WHERE id = ? AND raw_id = ?", (event_row, bid)
                         ).fetchone()
                     else:
                         in_use = (
                             exe is None
                             or conn.execute(
-                                "SELECT 1 FROM events WHERE execution_id = ? AND raw_id = ? LIMIT 1",
-                                (exe, bid),
+                                "SELECT 1 FROM event_rows WHERE raw_id = ? AND execution_id ="
+                                " (SELECT id FROM strings WHERE value = ?) LIMIT 1",
+                                (bid, exe),
                             ).fetchone()
                         )
                     if in_use:

@@ -15,7 +15,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +45,78 @@ from spintrail.store.base import (
 log = logging.getLogger(__name__)
 
 _RECORD_COLUMNS: tuple[str, ...] = ("event_id", "received_at", "time", *TEXT_FIELDS, *LIST_FIELDS)
-_SELECT = "SELECT id, " + ", ".join(f'"{c}"' for c in _RECORD_COLUMNS) + " FROM events"
+_SELECT = "SELECT id, " + ", ".join(f'"{c}"' for c in _RECORD_COLUMNS) + " FROM event_rows"
+
+#: Columns of ``event_rows`` that hold the id of a string in ``strings`` (list fields: their JSON text).
+_INTERNED: tuple[str, ...] = (*TEXT_FIELDS, *LIST_FIELDS)
+#: Indexes on ``event_rows`` (name, columns): each filter column with the time order.
+_INDEXES: tuple[tuple[str, str], ...] = (
+    ("events_time", "time, id"),
+    ("events_user", '"user", time, id'),
+    ("events_application", "application, time, id"),
+    ("events_type", "type, time, id"),
+    ("events_status", "status, time, id"),
+    ("events_source", "source, time, id"),
+    ("events_instance", "spinnaker_instance, time, id"),
+    ("events_execution", "execution_id, time, id"),
+    ("events_stage_type", "stage_type, time, id"),
+)
+
+
+def _interned_layout() -> str:
+    """Schema version 3: every text and list value stored once, in ``strings``; rows hold its id.
+
+    Most values repeat (applications, users, types, stage names, descriptions, execution ids, the JSON of
+    an event's account list), so a row shrinks to small integers and each filter index to (integer, time,
+    id). ``events`` becomes a view with the text values (writable through triggers), for everything that
+    reads records by SQL (retention, checks, copies, the tamper-evident log); the store itself reads
+    ``event_rows`` and turns ids into text with a cache. Older files are converted in place, every id and
+    value kept.
+    """
+    cols = ", ".join(f'"{c}"' for c in _INTERNED)
+    union = " UNION ".join(f'SELECT "{c}" AS v FROM events' for c in _INTERNED)
+    lookups = ", ".join(f'(SELECT id FROM strings WHERE value = e."{c}")' for c in _INTERNED)
+    view = ", ".join(f'(SELECT value FROM strings WHERE id = r."{c}") AS "{c}"' for c in _INTERNED)
+    indexes = ";\n".join(f"CREATE INDEX {name} ON event_rows({on})" for name, on in _INDEXES)
+    new_ids = ", ".join(f'(SELECT id FROM strings WHERE value = NEW."{c}")' for c in _INTERNED)
+    sets = ", ".join(f'"{c}" = (SELECT id FROM strings WHERE value = NEW."{c}")' for c in _INTERNED)
+    return f"""
+        CREATE TABLE strings (id INTEGER PRIMARY KEY, value TEXT NOT NULL UNIQUE);
+        INSERT INTO strings(value) SELECT v FROM ({union}) WHERE v IS NOT NULL ORDER BY v;
+        CREATE TABLE event_rows (
+            id INTEGER PRIMARY KEY,
+            event_id TEXT NOT NULL UNIQUE,
+            received_at INTEGER NOT NULL,
+            time INTEGER NOT NULL,
+            {", ".join(f'"{c}" INTEGER' for c in _INTERNED)},
+            raw_id INTEGER
+        );
+        INSERT INTO event_rows(id, event_id, received_at, time, {cols}, raw_id)
+            SELECT e.id, e.event_id, e.received_at, e.time, {lookups}, e.raw_id FROM events e ORDER BY e.id;
+        DROP TABLE events;
+        CREATE VIEW events AS SELECT r.id AS id, r.event_id AS event_id, r.received_at AS received_at,
+            r.time AS time, {view}, r.raw_id AS raw_id FROM event_rows r;
+        {indexes};
+        CREATE TRIGGER events_insert INSTEAD OF INSERT ON events BEGIN
+            {_intern_new()};
+            INSERT INTO event_rows(id, event_id, received_at, time, {cols}, raw_id)
+                VALUES (NEW.id, NEW.event_id, NEW.received_at, NEW.time, {new_ids}, NEW.raw_id);
+        END;
+        CREATE TRIGGER events_update INSTEAD OF UPDATE ON events BEGIN
+            {_intern_new()};
+            UPDATE event_rows SET id = NEW.id, event_id = NEW.event_id, received_at = NEW.received_at,
+                time = NEW.time, {sets}, raw_id = NEW.raw_id WHERE id = OLD.id;
+        END;
+        CREATE TRIGGER events_delete INSTEAD OF DELETE ON events BEGIN
+            DELETE FROM event_rows WHERE id = OLD.id;
+        END
+    """
+
+
+def _intern_new() -> str:
+    news = " UNION ALL ".join(f'SELECT NEW."{c}" AS v' for c in _INTERNED)
+    return f"INSERT OR IGNORE INTO strings(value) SELECT v FROM ({news}) WHERE v IS NOT NULL"
+
 
 #: Versioned schema migrations, applied in order on start and recorded in ``schema_migrations``.
 MIGRATIONS: list[tuple[int, str]] = [
@@ -97,12 +168,14 @@ MIGRATIONS: list[tuple[int, str]] = [
     # retention asks before it removes a blob. Rows written before have no event_row (delta chains stay
     # within one execution, where retention finds their event by execution id).
     (2, "ALTER TABLE raw ADD COLUMN event_row INTEGER"),
+    (3, _interned_layout()),
 ]
 
 #: Indexes for the web pages and reports (stage-type filters), kept as their own component so they
 #: version independently of the events schema.
 REPORT_MIGRATIONS: list[tuple[int, str]] = [
-    (1, "CREATE INDEX IF NOT EXISTS events_stage_type ON events(stage_type, time, id)"),
+    # Since schema version 3 the index is on event_rows, made with the others (this is then a no-op).
+    (1, "CREATE INDEX IF NOT EXISTS events_stage_type ON event_rows(stage_type, time, id)"),
 ]
 
 #: A raw blob and the blobs it needs (its stream frame or delta chain), newest first.
@@ -116,6 +189,13 @@ _CHAIN_SQL = f"""
     )
     SELECT raw.id, raw.codec, raw.data, raw.size, raw.base_id FROM chain JOIN raw ON raw.id = chain.id
 """
+_INSERT = (
+    "INSERT INTO event_rows(id, "
+    + ", ".join(f'"{c}"' for c in _RECORD_COLUMNS)
+    + ", raw_id) VALUES ("
+    + ", ".join("?" for _ in range(len(_RECORD_COLUMNS) + 2))
+    + ")"
+)
 _DAY_SQL = "strftime('%Y-%m-%d', {t} / 1000, 'unixepoch')"
 _TAG_KIND = {field_name: kind for kind, field_name in LIST_FILTERS.items()}
 
@@ -164,6 +244,8 @@ class SqliteStore(Store):
         self._readers: list[sqlite3.Connection] = []
         self._closed = False
         self._streams = blobs.Streams()
+        self._ids = _StringIds()  # writer: value -> id
+        self._values = _StringValues()  # readers: id -> value
         self.commit_observer: Any = None  # callable(seconds, events) set by the app for metrics
         self.disk_full = False  # the last commit failed for lack of disk space
         self._disk_full_logged = 0.0
@@ -264,6 +346,7 @@ class SqliteStore(Store):
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
                 self._streams.clear()
+                self._ids.clear()
                 conn = self._writer_connection()
         conn.close()
 
@@ -283,6 +366,7 @@ class SqliteStore(Store):
         started = time.perf_counter()
         new_blobs: set[str] = set()
         count = sum(len(j.items) for j in jobs)
+        self._ids.begin()
         try:
             conn.execute("BEGIN IMMEDIATE")
             seen: dict[str, int] = {}
@@ -298,6 +382,7 @@ class SqliteStore(Store):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._streams.discard(new_blobs)
+            self._ids.rollback()
             if _is_disk_full(exc):
                 # Not a bad request: every job of the group fails alike, no point retrying each alone.
                 self._note_disk_full(exc, count)
@@ -349,12 +434,12 @@ class SqliteStore(Store):
         rec = item.record
         if rec.event_id in seen:
             return AppendResult(seen[rec.event_id], True)
-        row = conn.execute("SELECT id FROM events WHERE event_id = ?", (rec.event_id,)).fetchone()
+        row = conn.execute("SELECT id FROM event_rows WHERE event_id = ?", (rec.event_id,)).fetchone()
         if row is not None:
             return AppendResult(row[0], True)
         row_id = item.id
         if row_id is None:
-            row_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
+            row_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM event_rows").fetchone()[0]
         raw_id: int | None = None
         if item.keep_raw:
             key = blobs.stream_key(
@@ -375,13 +460,11 @@ class SqliteStore(Store):
             assert raw_id is not None
             new_blobs.add(key)
             self._streams.stored(key, blob, raw_id)
-        values = [getattr(rec, c) for c in _RECORD_COLUMNS[: 3 + len(TEXT_FIELDS)]]
-        values += [json.dumps(getattr(rec, c), ensure_ascii=False) for c in LIST_FIELDS]
-        cols = ", ".join(f'"{c}"' for c in _RECORD_COLUMNS)
-        marks = ", ".join("?" for _ in _RECORD_COLUMNS)
-        row_id = conn.execute(
-            f"INSERT INTO events(id, {cols}, raw_id) VALUES (?, {marks}, ?)", (row_id, *values, raw_id)
-        ).lastrowid
+        intern = self._ids.id_of
+        values: list[Any] = [rec.event_id, rec.received_at, rec.time]
+        values += [intern(conn, getattr(rec, c)) for c in TEXT_FIELDS]
+        values += [intern(conn, json.dumps(getattr(rec, c), ensure_ascii=False)) for c in LIST_FIELDS]
+        row_id = conn.execute(_INSERT, (row_id, *values, raw_id)).lastrowid
         assert row_id is not None
         tags = [
             (kind, value, rec.time, row_id)
@@ -410,7 +493,7 @@ class SqliteStore(Store):
         sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY time DESC, id DESC LIMIT ?"
         rows = self._read(sql, [*args, limit + 1])
-        records = [_row_to_record(r) for r in rows[:limit]]
+        records = self._records(rows[:limit])
         nxt = None
         if len(rows) > limit and records:
             last = records[-1]
@@ -419,24 +502,26 @@ class SqliteStore(Store):
         return Page(records, nxt)
 
     def _where(self, f: Filters) -> tuple[list[str] | None, list[Any]]:
+        """Conditions on ``event_rows`` (text values are matched through ``strings``)."""
         where: list[str] = []
         args: list[Any] = []
         for name, column in COLUMN_FILTERS.items():
             values = getattr(f, name)
             if values:
-                where.append(f'"{column}" IN ({", ".join("?" for _ in values)})')
+                marks = ", ".join("?" for _ in values)
+                where.append(f'"{column}" IN (SELECT id FROM strings WHERE value IN ({marks}))')
                 args += list(values)
         if f.type:
             ors = []
             for value in f.type:
                 text, prefix = type_pattern(value)
                 if prefix:
-                    ors.append("(type >= ? AND type < ?)")
+                    ors.append("(value >= ? AND value < ?)")
                     args += [text, text + "\U0010ffff"]
                 else:
-                    ors.append("type = ?")
+                    ors.append("value = ?")
                     args.append(text)
-            where.append("(" + " OR ".join(ors) + ")")
+            where.append("type IN (SELECT id FROM strings WHERE " + " OR ".join(ors) + ")")
         for name in LIST_FILTERS:
             values = getattr(f, name)
             if values:
@@ -466,16 +551,50 @@ class SqliteStore(Store):
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
 
+    def _texts(self, ids: Iterable[Any]) -> Callable[[Any], Any]:
+        """A function from string id to value (``None`` stays ``None``) for every id of ``ids``."""
+        cache = self._values
+        local: dict[Any, Any] = {None: None}
+        missing = []
+        for sid in set(ids):
+            if sid in local:
+                continue
+            value = cache.get(sid)
+            if value is None:
+                missing.append(sid)
+            else:
+                local[sid] = value
+        for k in range(0, len(missing), 500):
+            part = missing[k : k + 500]
+            marks = ", ".join("?" * len(part))
+            found = self._read(f"SELECT id, value FROM strings WHERE id IN ({marks})", part)
+            local.update(found)
+            cache.add(found)
+        return local.__getitem__
+
+    def _records(self, rows: Sequence[Sequence[Any]]) -> list[AuditRecord]:
+        n_text = 4 + len(TEXT_FIELDS)
+        text = self._texts(v for row in rows for v in row[4:])
+        out = []
+        for row in rows:
+            kwargs: dict[str, Any] = {"event_id": row[1], "received_at": row[2], "time": row[3]}
+            for name, value in zip(TEXT_FIELDS, row[4:n_text], strict=True):
+                kwargs[name] = text(value)
+            for name, value in zip(LIST_FIELDS, row[n_text:], strict=True):
+                kwargs[name] = json.loads(text(value))
+            out.append(AuditRecord(id=row[0], **kwargs))
+        return out
+
     def get(self, id_: int) -> AuditRecord | None:
         rows = self._read(_SELECT + " WHERE id = ?", (id_,))
-        return _row_to_record(rows[0]) if rows else None
+        return self._records(rows)[0] if rows else None
 
     def get_by_event_id(self, event_id: str) -> AuditRecord | None:
         rows = self._read(_SELECT + " WHERE event_id = ?", (event_id,))
-        return _row_to_record(rows[0]) if rows else None
+        return self._records(rows)[0] if rows else None
 
     def raw(self, id_: int) -> bytes | None:
-        rows = self._read("SELECT raw_id FROM events WHERE id = ?", (id_,))
+        rows = self._read("SELECT raw_id FROM event_rows WHERE id = ?", (id_,))
         if not rows or rows[0][0] is None:
             return None
         return self._blob(rows[0][0])
@@ -490,8 +609,11 @@ class SqliteStore(Store):
             raise StoreUnavailable(f"raw blob {blob_id} cannot be read: {exc}") from exc
 
     def execution(self, execution_id: str) -> list[AuditRecord]:
-        rows = self._read(_SELECT + " WHERE execution_id = ? ORDER BY time, id", (execution_id,))
-        return [_row_to_record(r) for r in rows]
+        rows = self._read(
+            _SELECT + " WHERE execution_id = (SELECT id FROM strings WHERE value = ?) ORDER BY time, id",
+            (execution_id,),
+        )
+        return self._records(rows)
 
     def select(self, filters: Filters, fields: Sequence[str]) -> Iterator[tuple[Any, ...]]:
         check_fields(fields)
@@ -499,22 +621,30 @@ class SqliteStore(Store):
         if where is None:
             return
         exprs = [_DAY_SQL.format(t="time") if f == DAY else f'"{f}"' for f in fields]
+        texts = [i for i, f in enumerate(fields) if f in TEXT_FIELDS]
         lists = [i for i, f in enumerate(fields) if f in LIST_FIELDS]
         position: tuple[int, int] | None = None
         chunk = 2000
+        parsed: dict[int, list[str]] = {}
         while True:
             conds = list(where)
             page_args = list(args)
             if position is not None:
                 conds.append("(time, id) < (?, ?)")
                 page_args += list(position)
-            sql = f"SELECT time, id, {', '.join(exprs)} FROM events"
+            sql = f"SELECT time, id, {', '.join(exprs)} FROM event_rows"
             sql += (" WHERE " + " AND ".join(conds) if conds else "") + " ORDER BY time DESC, id DESC LIMIT ?"
             rows = self._read(sql, [*page_args, chunk])
+            text = self._texts(row[2 + i] for row in rows for i in (*texts, *lists))
             for row in rows:
                 values = list(row[2:])
+                for i in texts:
+                    values[i] = text(values[i])
                 for i in lists:
-                    values[i] = json.loads(values[i])
+                    sid = values[i]
+                    if sid not in parsed:
+                        parsed[sid] = json.loads(text(sid))
+                    values[i] = list(parsed[sid])
                 yield tuple(values)
             if len(rows) < chunk:
                 return
@@ -538,27 +668,35 @@ class SqliteStore(Store):
                 exprs.append("t.value")
             else:
                 exprs.append(f'e."{f}"')
-        inner = "SELECT * FROM events" + (" WHERE " + " AND ".join(where) if where else "")
+        inner = "SELECT * FROM event_rows" + (" WHERE " + " AND ".join(where) if where else "")
         sql = f"SELECT {', '.join(exprs)}, count(*) AS n FROM ({inner}) AS e"
         if list_fields:
             sql += " JOIN event_tags AS t ON t.event_row = e.id AND t.kind = ?"
             args = [*args, _TAG_KIND[list_fields[0]]]
         group = ", ".join(str(i + 1) for i in range(len(by)))
-        sql += f" GROUP BY {group} ORDER BY n DESC, {group}"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args = [*args, limit]
-        return [(tuple(row[:-1]), row[-1]) for row in self._read(sql, args)]
+        sql += f" GROUP BY {group}"
+        rows = self._read(sql, args)
+        texts = [i for i, f in enumerate(by) if f in TEXT_FIELDS]
+        text = self._texts(row[i] for row in rows for i in texts)
+        out = []
+        for row in rows:
+            key = list(row[:-1])
+            for i in texts:
+                key[i] = text(key[i])
+            out.append((tuple(key), row[-1]))
+        # As ORDER BY n DESC, <the values> would sort them (NULL first).
+        out.sort(key=lambda kn: (-kn[1], [(v is not None, v) for v in kn[0]]))
+        return out[:limit] if limit is not None else out
 
     def tail(self, after_id: int, filters: Filters | None = None, *, limit: int = 100) -> list[AuditRecord]:
         where, args = self._where(filters or Filters())
         if where is None:
             return []
         sql = _SELECT + " WHERE " + " AND ".join(["id > ?", *where]) + " ORDER BY id LIMIT ?"
-        return [_row_to_record(r) for r in self._read(sql, [after_id, *args, limit])]
+        return self._records(self._read(sql, [after_id, *args, limit]))
 
     def last_id(self) -> int:
-        return int(self._read("SELECT coalesce(max(id), 0) FROM events")[0][0])
+        return int(self._read("SELECT coalesce(max(id), 0) FROM event_rows")[0][0])
 
     def ping(self) -> None:
         self._read("SELECT 1")
@@ -566,7 +704,7 @@ class SqliteStore(Store):
             raise StoreUnavailable("the SQLite writer thread has stopped")
 
     def stats(self) -> StoreStats:
-        n = self._read("SELECT count(*) FROM events")[0][0]
+        n = self._read("SELECT count(*) FROM event_rows")[0][0]
         raw_bytes, stored = self._read(
             "SELECT coalesce(sum(size), 0), coalesce(sum(length(data)), 0) FROM raw"
         )[0]
@@ -617,12 +755,58 @@ class SqliteStore(Store):
         self._local = threading.local()
 
 
-def _row_to_record(row: Sequence[Any]) -> AuditRecord:
-    n_text = 3 + len(TEXT_FIELDS)
-    kwargs: dict[str, Any] = dict(zip(_RECORD_COLUMNS[:n_text], row[1 : 1 + n_text], strict=True))
-    for name, value in zip(LIST_FIELDS, row[1 + n_text :], strict=True):
-        kwargs[name] = json.loads(value)
-    return AuditRecord(id=row[0], **kwargs)
+class _StringIds:
+    """The writer's map from text value to its id in ``strings``, adding values as they first appear.
+
+    Ids added in a transaction that rolls back are forgotten (``begin`` / ``rollback``).
+    """
+
+    MAX = 200_000
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+        self._added: list[str] = []
+
+    def id_of(self, conn: sqlite3.Connection, value: str | None) -> int | None:
+        if value is None:
+            return None
+        sid = self._ids.get(value)
+        if sid is not None:
+            return sid
+        row = conn.execute("SELECT id FROM strings WHERE value = ?", (value,)).fetchone()
+        if row is not None:
+            sid = int(row[0])
+        else:
+            sid = conn.execute("INSERT INTO strings(value) VALUES (?)", (value,)).lastrowid
+            assert sid is not None
+            self._added.append(value)
+        if len(self._ids) >= self.MAX:
+            self._ids.clear()
+        self._ids[value] = sid
+        return sid
+
+    def begin(self) -> None:
+        self._added.clear()
+
+    def rollback(self) -> None:
+        for value in self._added:
+            self._ids.pop(value, None)
+        self._added.clear()
+
+    def clear(self) -> None:
+        self._ids.clear()
+        self._added.clear()
+
+
+class _StringValues(dict[int, str]):
+    """The readers' cache from string id to value (ids are never reused, values never change)."""
+
+    MAX = 200_000
+
+    def add(self, pairs: Sequence[tuple[int, str]]) -> None:
+        if len(self) + len(pairs) > self.MAX:
+            self.clear()
+        self.update(pairs)
 
 
 def _is_disk_full(exc: Exception) -> bool:
@@ -665,4 +849,15 @@ def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[tuple
 
 
 def _split_sql(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    """The statements of a script (a trigger's body keeps its inner semicolons)."""
+    out: list[str] = []
+    buf = ""
+    for part in script.split(";"):
+        buf += part + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \n;"):
+                out.append(buf.strip().rstrip(";"))
+            buf = ""
+    if buf.strip(" \n;"):
+        out.append(buf.strip().rstrip(";"))
+    return out

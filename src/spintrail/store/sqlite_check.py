@@ -10,6 +10,7 @@ stopping ingest and without taking the write lock. Checks, in order:
 - ``delta_base``: every delta blob's base, and every stream blob's predecessor in its frame, exists and is
   older than the blob (no cycles);
 - ``raw_sha256``: every raw blob decompresses to its recorded size and SHA-256 (skipped with ``quick``);
+- ``strings``: every text value an event names (by id) is stored;
 - ``tags``: the tag index holds exactly each event's list values (accounts, regions, ...), at its time;
 - ``fulltext``: the full-text index can be read end to end and indexes no row that is not an event
   (skipped with ``quick``).
@@ -62,12 +63,16 @@ def check_sqlite(
     try:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # start the snapshot now
         _integrity(conn, report, quick)
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = {
+            r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+        }
         if {"events", "raw", "event_tags"} <= tables:
             _event_raw(conn, report)
             _delta_base(conn, report)
             if not quick:
                 _raw_sha256(conn, report, progress)
+            if "event_rows" in tables:
+                _strings(conn, report)
             _tags(conn, report)
             if "events_fts" in tables and not quick:
                 _fulltext(conn, report)
@@ -163,6 +168,20 @@ def _raw_sha256(
                 listing.add(f"raw blob {id_} does not match its recorded SHA-256")
         if progress is not None and (done % 1000 == 0 or done == total):
             progress(done, total)
+    listing.close()
+
+
+def _strings(conn: sqlite3.Connection, report: CheckReport) -> None:
+    from spintrail.store.sqlite import _INTERNED
+
+    listing = _Listing(report, "strings")
+    report.checks["strings"] = conn.execute("SELECT count(*) FROM strings").fetchone()[0]
+    missing = " OR ".join(
+        f'(r."{c}" IS NOT NULL AND NOT EXISTS (SELECT 1 FROM strings s WHERE s.id = r."{c}"))'
+        for c in _INTERNED
+    )
+    for id_, event_id in conn.execute(f"SELECT r.id, r.event_id FROM event_rows r WHERE {missing}"):
+        listing.add(f"event {id_} ({event_id}) names a text value that is not stored")
     listing.close()
 
 
