@@ -33,6 +33,7 @@ from typing import Any
 
 from spintrail import fulltext
 from spintrail.decode import decode_body
+from spintrail.query import LIST_FILTERS
 from spintrail.record import LIST_FIELDS, TEXT_FIELDS, AuditRecord, format_time
 from spintrail.store import Store, blobs
 
@@ -280,6 +281,7 @@ class _SqliteRetention:
                 return False
             cache = sqlite_reader(conn)
             ids = []
+            records: list[AuditRecord] = []
             blobs_of: dict[int, str | None] = {}
             for row in rows:
                 values = dict(zip(_RECORD_COLUMNS, row[:-1], strict=True))
@@ -289,6 +291,7 @@ class _SqliteRetention:
                 raw_id = row[-1]
                 assert rec.id is not None
                 ids.append(rec.id)
+                records.append(rec)
                 raw = sqlite_blob(conn, raw_id, cache) if raw_id is not None else None
                 text = recompute_text(rec, raw)
                 if text is None:
@@ -301,7 +304,15 @@ class _SqliteRetention:
                 if raw_id is not None:
                     blobs_of[raw_id] = rec.execution_id
             marks = ", ".join("?" for _ in ids)
-            conn.execute(f"DELETE FROM event_tags WHERE event_row IN ({marks})", ids)
+            conn.executemany(
+                "DELETE FROM event_tags WHERE kind = ? AND value = ? AND time = ? AND event_row = ?",
+                [
+                    (kind, value, rec.time, rec.id)
+                    for rec in records
+                    for kind, name in LIST_FILTERS.items()
+                    for value in dict.fromkeys(getattr(rec, name))
+                ],
+            )
             conn.execute(f"DELETE FROM event_rows WHERE id IN ({marks})", ids)
             if conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'integrity_leaves'"

@@ -49,8 +49,13 @@ _SELECT = "SELECT id, " + ", ".join(f'"{c}"' for c in _RECORD_COLUMNS) + " FROM 
 
 #: Columns of ``event_rows`` that hold the id of a string in ``strings`` (list fields: their JSON text).
 _INTERNED: tuple[str, ...] = (*TEXT_FIELDS, *LIST_FIELDS)
+#: Characters at the end of an event id that its index holds.
+_EVENT_ID_KEY = 12
 #: Indexes on ``event_rows`` (name, columns): each filter column with the time order.
 _INDEXES: tuple[tuple[str, str], ...] = (
+    # Event ids are unique (the writer looks an id up before it inserts, in the write transaction); the
+    # index holds only their last characters (random in a UUID): a third of a full copy of the ids.
+    ("events_event_id", f"substr(event_id, -{_EVENT_ID_KEY})"),
     ("events_time", "time, id"),
     ("events_user", '"user", time, id'),
     ("events_application", "application, time, id"),
@@ -85,7 +90,7 @@ def _interned_layout() -> str:
         INSERT INTO strings(value) SELECT v FROM ({union}) WHERE v IS NOT NULL ORDER BY v;
         CREATE TABLE event_rows (
             id INTEGER PRIMARY KEY,
-            event_id TEXT NOT NULL UNIQUE,
+            event_id TEXT NOT NULL,
             received_at INTEGER NOT NULL,
             time INTEGER NOT NULL,
             {", ".join(f'"{c}" INTEGER' for c in _INTERNED)},
@@ -169,6 +174,9 @@ MIGRATIONS: list[tuple[int, str]] = [
     # within one execution, where retention finds their event by execution id).
     (2, "ALTER TABLE raw ADD COLUMN event_row INTEGER"),
     (3, _interned_layout()),
+    # The tag index by event row doubled the tags (118 B per event): an event's tags are its list values,
+    # so retention deletes them by their key and counts by list value go through the interned lists.
+    (4, "DROP INDEX IF EXISTS event_tags_row"),
 ]
 
 #: Indexes for the web pages and reports (stage-type filters), kept as their own component so they
@@ -189,6 +197,10 @@ _CHAIN_SQL = f"""
     )
     SELECT raw.id, raw.codec, raw.data, raw.size, raw.base_id FROM chain JOIN raw ON raw.id = chain.id
 """
+#: Found through the index of the id's last characters. (``+event_id``: without it SQLite substitutes the
+#: id for the column in the indexed expression and no longer sees the index.)
+_EVENT_ID_WHERE = f"substr(event_id, -{_EVENT_ID_KEY}) = ? AND +event_id = ?"
+_BY_EVENT_ID = f"SELECT id FROM event_rows WHERE {_EVENT_ID_WHERE}"
 _INSERT = (
     "INSERT INTO event_rows(id, "
     + ", ".join(f'"{c}"' for c in _RECORD_COLUMNS)
@@ -434,7 +446,7 @@ class SqliteStore(Store):
         rec = item.record
         if rec.event_id in seen:
             return AppendResult(seen[rec.event_id], True)
-        row = conn.execute("SELECT id FROM event_rows WHERE event_id = ?", (rec.event_id,)).fetchone()
+        row = conn.execute(_BY_EVENT_ID, (rec.event_id[-_EVENT_ID_KEY:], rec.event_id)).fetchone()
         if row is not None:
             return AppendResult(row[0], True)
         row_id = item.id
@@ -505,23 +517,34 @@ class SqliteStore(Store):
         """Conditions on ``event_rows`` (text values are matched through ``strings``)."""
         where: list[str] = []
         args: list[Any] = []
+        # Text values become their string ids first, so that one value is an equality on the column's
+        # (column, time, id) index, walked in time order without sorting; a value never stored matches
+        # nothing.
         for name, column in COLUMN_FILTERS.items():
             values = getattr(f, name)
             if values:
                 marks = ", ".join("?" for _ in values)
-                where.append(f'"{column}" IN (SELECT id FROM strings WHERE value IN ({marks}))')
-                args += list(values)
+                found = [r[0] for r in self._read(f"SELECT id FROM strings WHERE value IN ({marks})", values)]
+                if not found:
+                    return None, []
+                where.append(_in(column, found))
+                args += found
         if f.type:
             ors = []
+            type_args: list[Any] = []
             for value in f.type:
                 text, prefix = type_pattern(value)
                 if prefix:
                     ors.append("(value >= ? AND value < ?)")
-                    args += [text, text + "\U0010ffff"]
+                    type_args += [text, text + "\U0010ffff"]
                 else:
                     ors.append("value = ?")
-                    args.append(text)
-            where.append("type IN (SELECT id FROM strings WHERE " + " OR ".join(ors) + ")")
+                    type_args.append(text)
+            found = [r[0] for r in self._read("SELECT id FROM strings WHERE " + " OR ".join(ors), type_args)]
+            if not found:
+                return None, []
+            where.append(_in("type", found))
+            args += found
         for name in LIST_FILTERS:
             values = getattr(f, name)
             if values:
@@ -590,7 +613,10 @@ class SqliteStore(Store):
         return self._records(rows)[0] if rows else None
 
     def get_by_event_id(self, event_id: str) -> AuditRecord | None:
-        rows = self._read(_SELECT + " WHERE event_id = ?", (event_id,))
+        rows = self._read(
+            _SELECT + f" WHERE {_EVENT_ID_WHERE}",
+            (event_id[-_EVENT_ID_KEY:], event_id),
+        )
         return self._records(rows)[0] if rows else None
 
     def raw(self, id_: int) -> bytes | None:
@@ -609,10 +635,10 @@ class SqliteStore(Store):
             raise StoreUnavailable(f"raw blob {blob_id} cannot be read: {exc}") from exc
 
     def execution(self, execution_id: str) -> list[AuditRecord]:
-        rows = self._read(
-            _SELECT + " WHERE execution_id = (SELECT id FROM strings WHERE value = ?) ORDER BY time, id",
-            (execution_id,),
-        )
+        found = self._read("SELECT id FROM strings WHERE value = ?", (execution_id,))
+        if not found:
+            return []
+        rows = self._read(_SELECT + " WHERE execution_id = ? ORDER BY time, id", (found[0][0],))
         return self._records(rows)
 
     def select(self, filters: Filters, fields: Sequence[str]) -> Iterator[tuple[Any, ...]]:
@@ -660,32 +686,26 @@ class SqliteStore(Store):
         where, args = self._where(filters)
         if where is None:
             return []
-        exprs = []
-        for f in by:
-            if f == DAY:
-                exprs.append(_DAY_SQL.format(t="e.time"))
-            elif f in LIST_FIELDS:
-                exprs.append("t.value")
-            else:
-                exprs.append(f'e."{f}"')
-        inner = "SELECT * FROM event_rows" + (" WHERE " + " AND ".join(where) if where else "")
-        sql = f"SELECT {', '.join(exprs)}, count(*) AS n FROM ({inner}) AS e"
-        if list_fields:
-            sql += " JOIN event_tags AS t ON t.event_row = e.id AND t.kind = ?"
-            args = [*args, _TAG_KIND[list_fields[0]]]
-        group = ", ".join(str(i + 1) for i in range(len(by)))
-        sql += f" GROUP BY {group}"
+        exprs = [_DAY_SQL.format(t="time") if f == DAY else f'"{f}"' for f in by]
+        sql = f"SELECT {', '.join(exprs)}, count(*) AS n FROM event_rows"
+        sql += (" WHERE " + " AND ".join(where) if where else "") + " GROUP BY "
+        sql += ", ".join(str(i + 1) for i in range(len(by)))
         rows = self._read(sql, args)
-        texts = [i for i, f in enumerate(by) if f in TEXT_FIELDS]
-        text = self._texts(row[i] for row in rows for i in texts)
-        out = []
+        ids = [i for i, f in enumerate(by) if f in TEXT_FIELDS or f in LIST_FIELDS]
+        text = self._texts(row[i] for row in rows for i in ids)
+        counts: dict[tuple[Any, ...], int] = {}
         for row in rows:
-            key = list(row[:-1])
-            for i in texts:
-                key[i] = text(key[i])
-            out.append((tuple(key), row[-1]))
+            key = [text(v) if i in ids else v for i, v in enumerate(row[:-1])]
+            if list_fields:
+                # One count per distinct value of the event's list (as its tags are).
+                at = by.index(list_fields[0])
+                for value in dict.fromkeys(json.loads(key[at])):
+                    key[at] = value
+                    counts[tuple(key)] = counts.get(tuple(key), 0) + row[-1]
+            else:
+                counts[tuple(key)] = counts.get(tuple(key), 0) + row[-1]
         # As ORDER BY n DESC, <the values> would sort them (NULL first).
-        out.sort(key=lambda kn: (-kn[1], [(v is not None, v) for v in kn[0]]))
+        out = sorted(counts.items(), key=lambda kn: (-kn[1], [(v is not None, v) for v in kn[0]]))
         return out[:limit] if limit is not None else out
 
     def tail(self, after_id: int, filters: Filters | None = None, *, limit: int = 100) -> list[AuditRecord]:
@@ -807,6 +827,12 @@ class _StringValues(dict[int, str]):
         if len(self) + len(pairs) > self.MAX:
             self.clear()
         self.update(pairs)
+
+
+def _in(column: str, ids: Sequence[int]) -> str:
+    if len(ids) == 1:
+        return f'"{column}" = ?'
+    return f'"{column}" IN ({", ".join("?" for _ in ids)})'
 
 
 def _is_disk_full(exc: Exception) -> bool:
