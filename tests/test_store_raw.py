@@ -238,3 +238,48 @@ def test_check_reports_a_damaged_stream_blob(tmp_path: Path) -> None:
         )
     finally:
         store.close()
+
+
+def test_frames_start_from_a_dictionary_trained_on_the_first_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zstandard
+
+    monkeypatch.setattr(blobs, "DICT_SAMPLES", 60)
+    monkeypatch.setattr(blobs, "DICT_SIZE", 8 << 10)
+    path = tmp_path / "dict.db"
+    store = SqliteStore(path)
+    items = [stage_event(n, f"P{n % 7}", size=300) for n in range(60)]
+    try:
+        results = store.append(items)
+        assert store._training is not None
+        store._training.join(timeout=60)
+        # The next commit stores the dictionary, then new frames (new pipelines here) start from it.
+        more = [stage_event(1000 + n, f"Q{n}", size=300) for n in range(5)]
+        results += store.append(more)
+        items += more
+        conn = sqlite3.connect(path)
+        [(dict_id,)] = conn.execute("SELECT dict_id FROM raw_dicts").fetchall()
+        starts = [
+            bytes(d)
+            for (d,) in conn.execute("SELECT data FROM raw WHERE codec = 3 AND base_id IS NULL ORDER BY id")
+        ]
+        conn.close()
+        assert zstandard.get_frame_parameters(starts[0]).dict_id == 0  # before the dictionary
+        assert zstandard.get_frame_parameters(starts[-1]).dict_id == dict_id
+    finally:
+        store.close()
+    store = SqliteStore(path)  # a restart uses the stored dictionary again
+    try:
+        results += store.append([stage_event(2000, "R", size=300)])
+        items.append(stage_event(2000, "R", size=300))
+        for res, item in zip(results, items, strict=True):
+            assert store.raw(res.id) == item.raw
+        report = store.check()
+        assert report.ok, report.problems
+        # Retention reads the blobs it removes the text of through the dictionary too.
+        report_r = retention.run(store, Policy(stage_days=1), now_ms=T0 + 400 * DAY)
+        assert report_r.events["stage"] == len(items) - 1
+        assert store.check().ok
+    finally:
+        store.close()

@@ -205,7 +205,11 @@ def sqlite_reader(conn: Any) -> blobs.BlobReader:
         row = conn.execute("SELECT codec, data, size, base_id FROM raw WHERE id = ?", (blob_id,)).fetchone()
         return (row[0], row[1], row[2], row[3]) if row else None
 
-    return blobs.BlobReader(fetch)
+    def dictionary(dict_id: int) -> bytes | None:
+        row = conn.execute("SELECT data FROM raw_dicts WHERE dict_id = ?", (dict_id,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    return blobs.BlobReader(fetch, dictionary=dictionary)
 
 
 def sqlite_blob(conn: Any, blob_id: int, reader: blobs.BlobReader) -> bytes | None:

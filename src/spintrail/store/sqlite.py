@@ -177,6 +177,12 @@ MIGRATIONS: list[tuple[int, str]] = [
     # The tag index by event row doubled the tags (118 B per event): an event's tags are its list values,
     # so retention deletes them by their key and counts by list value go through the interned lists.
     (4, "DROP INDEX IF EXISTS event_tags_row"),
+    # zstd dictionaries that stream frames start from (store/blobs.py), found by the id a frame names.
+    (
+        5,
+        "CREATE TABLE raw_dicts (id INTEGER PRIMARY KEY, dict_id INTEGER NOT NULL UNIQUE,"
+        " data BLOB NOT NULL)",
+    ),
 ]
 
 #: Indexes for the web pages and reports (stage-type filters), kept as their own component so they
@@ -258,6 +264,9 @@ class SqliteStore(Store):
         self._streams = blobs.Streams()
         self._ids = _StringIds()  # writer: value -> id
         self._values = _StringValues()  # readers: id -> value
+        self._dicts: dict[int, bytes] = {}  # zstd dictionaries by id, for readers
+        self._trained: Any = None  # a dictionary trained in the background, not yet stored
+        self._training: threading.Thread | None = None
         self.commit_observer: Any = None  # callable(seconds, events) set by the app for metrics
         self.disk_full = False  # the last commit failed for lack of disk space
         self._disk_full_logged = 0.0
@@ -329,6 +338,7 @@ class SqliteStore(Store):
 
     def _run(self) -> None:
         conn = self._writer_connection()
+        self._load_dictionary(conn)
         stop = False
         while not stop:
             first = self._queue.get()
@@ -360,6 +370,7 @@ class SqliteStore(Store):
                 self._streams.clear()
                 self._ids.clear()
                 conn = self._writer_connection()
+                self._load_dictionary(conn)
         conn.close()
 
     def _writer_connection(self) -> sqlite3.Connection:
@@ -374,7 +385,37 @@ class SqliteStore(Store):
                 log.error("sqlite store: cannot open the writer connection, retrying: %s", exc)
                 time.sleep(1)
 
+    def _load_dictionary(self, conn: sqlite3.Connection) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            row = conn.execute("SELECT data FROM raw_dicts ORDER BY id DESC LIMIT 1").fetchone()
+            if row is not None:
+                self._streams.use_dictionary(bytes(row[0]))
+
+    def _train(self, samples: list[bytes]) -> None:
+        """Train the frame-start dictionary off the writer thread (seconds of CPU, once)."""
+        self._trained = blobs.train_dictionary(samples)
+
+    def _store_dictionary(self, conn: sqlite3.Connection) -> None:
+        """Store a dictionary trained in the background (committed before any frame uses it), then use it."""
+        trained, self._trained = self._trained, None
+        data = trained.as_bytes()
+        try:
+            conn.execute(
+                "INSERT OR IGNORE INTO raw_dicts(dict_id, data) VALUES (?, ?)", (trained.dict_id(), data)
+            )
+            row = conn.execute(
+                "SELECT data FROM raw_dicts WHERE dict_id = ?", (trained.dict_id(),)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            log.warning("sqlite store: cannot store the raw compression dictionary: %s", exc)
+            return
+        if row is not None and bytes(row[0]) == data:
+            self._streams.use_dictionary(data)
+            log.info("sqlite store: new raw stream frames start from dictionary %d", trained.dict_id())
+
     def _commit(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+        if self._trained is not None and not conn.in_transaction:
+            self._store_dictionary(conn)
         started = time.perf_counter()
         new_blobs: set[str] = set()
         count = sum(len(j.items) for j in jobs)
@@ -457,6 +498,14 @@ class SqliteStore(Store):
             key = blobs.stream_key(
                 rec.pipeline_config_id, rec.application, rec.execution_id, rec.source, rec.type
             )
+            if self._streams.sample(item.raw) and self._training is None:
+                self._training = threading.Thread(
+                    target=self._train,
+                    args=(self._streams.take_samples(),),
+                    name="spintrail-raw-dict",
+                    daemon=True,
+                )
+                self._training.start()
             blob = self._streams.compress(
                 key,
                 item.raw,
@@ -630,9 +679,18 @@ class SqliteStore(Store):
         rows = self._read(_CHAIN_SQL, (blob_id, blobs.FRAME_MAX_EVENTS * 4))
         chain = {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
         try:
-            return blobs.BlobReader(chain.get).read(blob_id)
+            return blobs.BlobReader(chain.get, dictionary=self._dictionary).read(blob_id)
         except (LookupError, ValueError) as exc:
             raise StoreUnavailable(f"raw blob {blob_id} cannot be read: {exc}") from exc
+
+    def _dictionary(self, dict_id: int) -> bytes | None:
+        data = self._dicts.get(dict_id)
+        if data is None:
+            rows = self._read("SELECT data FROM raw_dicts WHERE dict_id = ?", (dict_id,))
+            if not rows:
+                return None
+            data = self._dicts[dict_id] = bytes(rows[0][0])
+        return data
 
     def execution(self, execution_id: str) -> list[AuditRecord]:
         found = self._read("SELECT id FROM strings WHERE value = ?", (execution_id,))

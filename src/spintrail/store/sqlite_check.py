@@ -156,7 +156,11 @@ def _raw_sha256(
         return (row[0], row[1], row[2], row[3]) if row else None
 
     # Blobs are read in id order, so the reader decompresses each stream frame and delta chain once.
-    reader = blobs.BlobReader(fetch)
+    def dictionary(dict_id: int) -> bytes | None:
+        row = fetcher.execute("SELECT data FROM raw_dicts WHERE dict_id = ?", (dict_id,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    reader = blobs.BlobReader(fetch, dictionary=dictionary)
     rows = conn.execute("SELECT id, sha256 FROM raw ORDER BY id")
     for done, (id_, sha) in enumerate(rows, start=1):
         try:
