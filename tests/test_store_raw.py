@@ -164,6 +164,13 @@ def test_a_file_of_the_older_layout_is_converted_and_keeps_every_byte(tmp_path: 
         page = store.search(Filters(user=("user1@example.com",)), limit=100)
         assert sorted(r.id for r in page.records if r.id) == [i for i in raws if i % 3 == 1]
         assert [r.id for r in store.execution("E1")] == list(raws)
+        page = store.search(Filters(account=("acct-1",)), limit=100)
+        assert sorted(r.id for r in page.records if r.id) == [i for i in raws if i % 2 == 1]
+        assert dict(store.count_by(Filters(), ["accounts"])) == {
+            ("prod",): 30,
+            ("acct-0",): 15,
+            ("acct-1",): 15,
+        }
         # New events go into streams beside the old chains.
         new = store.append([stage_event(n, "P", t=T0 + 40 * DAY + n) for n in range(100, 110)])
         for res, n in zip(new, range(100, 110), strict=True):

@@ -309,9 +309,10 @@ class _SqliteRetention:
                     blobs_of[raw_id] = rec.execution_id
             marks = ", ".join("?" for _ in ids)
             conn.executemany(
-                "DELETE FROM event_tags WHERE kind = ? AND value = ? AND time = ? AND event_row = ?",
+                "DELETE FROM tag_rows WHERE tag = (SELECT id FROM strings WHERE value = ?)"
+                " AND time = ? AND event_row = ?",
                 [
-                    (kind, value, rec.time, rec.id)
+                    (f"{kind}:{value}", rec.time, rec.id)
                     for rec in records
                     for kind, name in LIST_FILTERS.items()
                     for value in dict.fromkeys(getattr(rec, name))

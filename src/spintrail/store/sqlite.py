@@ -49,6 +49,8 @@ _SELECT = "SELECT id, " + ", ".join(f'"{c}"' for c in _RECORD_COLUMNS) + " FROM 
 
 #: Columns of ``event_rows`` that hold the id of a string in ``strings`` (list fields: their JSON text).
 _INTERNED: tuple[str, ...] = (*TEXT_FIELDS, *LIST_FIELDS)
+#: Indexes that hold every row (the others leave out rows whose column is NULL).
+_FULL_INDEXES = frozenset({"events_event_id", "events_time"})
 #: Characters at the end of an event id that its index holds.
 _EVENT_ID_KEY = 12
 #: Indexes on ``event_rows`` (name, columns): each filter column with the time order.
@@ -82,7 +84,12 @@ def _interned_layout() -> str:
     union = " UNION ".join(f'SELECT "{c}" AS v FROM events' for c in _INTERNED)
     lookups = ", ".join(f'(SELECT id FROM strings WHERE value = e."{c}")' for c in _INTERNED)
     view = ", ".join(f'(SELECT value FROM strings WHERE id = r."{c}") AS "{c}"' for c in _INTERNED)
-    indexes = ";\n".join(f"CREATE INDEX {name} ON event_rows({on})" for name, on in _INDEXES)
+    # A filter on a column never matches NULL: rows without the value are left out of its index.
+    indexes = ";\n".join(
+        f"CREATE INDEX {name} ON event_rows({on})"
+        + (f' WHERE "{on.split(",")[0].strip(chr(34))}" IS NOT NULL' if name not in _FULL_INDEXES else "")
+        for name, on in _INDEXES
+    )
     new_ids = ", ".join(f'(SELECT id FROM strings WHERE value = NEW."{c}")' for c in _INTERNED)
     sets = ", ".join(f'"{c}" = (SELECT id FROM strings WHERE value = NEW."{c}")' for c in _INTERNED)
     return f"""
@@ -121,6 +128,45 @@ def _interned_layout() -> str:
 def _intern_new() -> str:
     news = " UNION ALL ".join(f'SELECT NEW."{c}" AS v' for c in _INTERNED)
     return f"INSERT OR IGNORE INTO strings(value) SELECT v FROM ({news}) WHERE v IS NOT NULL"
+
+
+def _interned_tags() -> str:
+    """Schema version 6: a tag is the id of its text ``kind:value`` in ``strings`` (a third of its bytes).
+
+    ``event_tags`` stays as a view (writable through triggers) with kind and value as text.
+    """
+    tag = "(SELECT id FROM strings WHERE value = {k} || ':' || {v})"
+    return f"""
+        INSERT OR IGNORE INTO strings(value) SELECT DISTINCT kind || ':' || value FROM event_tags;
+        CREATE TABLE tag_rows (
+            tag INTEGER NOT NULL,
+            time INTEGER NOT NULL,
+            event_row INTEGER NOT NULL,
+            PRIMARY KEY (tag, time, event_row)
+        ) WITHOUT ROWID;
+        INSERT OR IGNORE INTO tag_rows(tag, time, event_row)
+            SELECT {tag.format(k="t.kind", v="t.value")}, t.time, t.event_row FROM event_tags t;
+        DROP TABLE event_tags;
+        CREATE VIEW event_tags AS SELECT substr(s.value, 1, instr(s.value, ':') - 1) AS kind,
+            substr(s.value, instr(s.value, ':') + 1) AS value, t.time AS time, t.event_row AS event_row
+            FROM tag_rows t JOIN strings s ON s.id = t.tag;
+        CREATE TRIGGER event_tags_insert INSTEAD OF INSERT ON event_tags BEGIN
+            INSERT OR IGNORE INTO strings(value) VALUES (NEW.kind || ':' || NEW.value);
+            INSERT OR IGNORE INTO tag_rows(tag, time, event_row)
+                VALUES ({tag.format(k="NEW.kind", v="NEW.value")}, NEW.time, NEW.event_row);
+        END;
+        CREATE TRIGGER event_tags_update INSTEAD OF UPDATE ON event_tags BEGIN
+            INSERT OR IGNORE INTO strings(value) VALUES (NEW.kind || ':' || NEW.value);
+            UPDATE tag_rows SET tag = {tag.format(k="NEW.kind", v="NEW.value")}, time = NEW.time,
+                event_row = NEW.event_row
+            WHERE tag = {tag.format(k="OLD.kind", v="OLD.value")} AND time = OLD.time
+                AND event_row = OLD.event_row;
+        END;
+        CREATE TRIGGER event_tags_delete INSTEAD OF DELETE ON event_tags BEGIN
+            DELETE FROM tag_rows WHERE tag = {tag.format(k="OLD.kind", v="OLD.value")} AND time = OLD.time
+                AND event_row = OLD.event_row;
+        END
+    """
 
 
 #: Versioned schema migrations, applied in order on start and recorded in ``schema_migrations``.
@@ -183,6 +229,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         "CREATE TABLE raw_dicts (id INTEGER PRIMARY KEY, dict_id INTEGER NOT NULL UNIQUE,"
         " data BLOB NOT NULL)",
     ),
+    (6, _interned_tags()),
 ]
 
 #: Indexes for the web pages and reports (stage-type filters), kept as their own component so they
@@ -528,12 +575,12 @@ class SqliteStore(Store):
         row_id = conn.execute(_INSERT, (row_id, *values, raw_id)).lastrowid
         assert row_id is not None
         tags = [
-            (kind, value, rec.time, row_id)
+            (intern(conn, f"{kind}:{value}"), rec.time, row_id)
             for kind, field_name in LIST_FILTERS.items()
             for value in dict.fromkeys(getattr(rec, field_name))
         ]
         if tags:
-            conn.executemany("INSERT OR IGNORE INTO event_tags VALUES (?, ?, ?, ?)", tags)
+            conn.executemany("INSERT OR IGNORE INTO tag_rows(tag, time, event_row) VALUES (?, ?, ?)", tags)
         if item.text:
             conn.execute("INSERT INTO events_fts(rowid, text) VALUES (?, ?)", (row_id, item.text))
         rec.id = row_id
@@ -597,12 +644,13 @@ class SqliteStore(Store):
         for name in LIST_FILTERS:
             values = getattr(f, name)
             if values:
-                where.append(
-                    "id IN (SELECT event_row FROM event_tags WHERE kind = ? AND value IN ("
-                    + ", ".join("?" for _ in values)
-                    + "))"
-                )
-                args += [name, *values]
+                marks = ", ".join("?" for _ in values)
+                tags = [f"{name}:{v}" for v in values]
+                found = [r[0] for r in self._read(f"SELECT id FROM strings WHERE value IN ({marks})", tags)]
+                if not found:
+                    return None, []
+                where.append(f"id IN (SELECT event_row FROM tag_rows WHERE {_in('tag', found)})")
+                args += found
         if f.q is not None:
             match = fulltext.fts5_query(f.q)
             if match is None:
