@@ -290,3 +290,82 @@ def test_frames_start_from_a_dictionary_trained_on_the_first_events(
         assert store.check().ok
     finally:
         store.close()
+
+
+def _fts_docs_with(path: Path, token: str) -> set[int]:
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("CREATE VIRTUAL TABLE temp.v USING fts5vocab(main, events_fts, 'instance')")
+        return {d for (d,) in conn.execute("SELECT doc FROM temp.v WHERE term = ?", (token.lower(),))}
+    finally:
+        conn.close()
+
+
+def test_full_text_entries_leave_out_event_ids_which_find_their_event_by_id(tmp_path: Path) -> None:
+    from echo_gen import build_event, pipeline_run, prepare
+    from spintrail.query import LIST_FILTERS
+    from spintrail.record import LIST_FIELDS, TEXT_FIELDS
+
+    helper = SqliteStore(tmp_path / "helper.db")
+    try:
+        old = prepare(helper, pipeline_run("OLD", T0, stages=2))
+        new = prepare(helper, [build_event(n, T0 + 5 * DAY + n) for n in range(3)])
+        newest = prepare(helper, [build_event(99, T0 + 50 * DAY)])
+    finally:
+        helper.close()
+    # A version 1 file, written as the store of that version did: the event id in the full-text entry.
+    path = tmp_path / "fts.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrate(conn, "events", MIGRATIONS[:1])
+    cols = ["event_id", "received_at", "time", *TEXT_FIELDS, *LIST_FIELDS]
+    for i, item in enumerate(old, start=1):
+        rec = item.record
+        blob = blobs.compress(item.raw)
+        conn.execute(
+            "INSERT INTO raw(id, codec, base_id, size, sha256, data) VALUES (?, ?, NULL, ?, ?, ?)",
+            (i, blob.codec, blob.size, blob.sha256, blob.data),
+        )
+        values = [getattr(rec, c) for c in cols[: 3 + len(TEXT_FIELDS)]]
+        values += [json.dumps(getattr(rec, c)) for c in LIST_FIELDS]
+        marks = ", ".join("?" for _ in range(len(cols) + 2))
+        names = ", ".join(f'"{c}"' for c in cols)
+        conn.execute(f"INSERT INTO events(id, {names}, raw_id) VALUES ({marks})", (i, *values, i))
+        for kind, name in LIST_FILTERS.items():
+            for value in dict.fromkeys(getattr(rec, name)):
+                conn.execute("INSERT INTO event_tags VALUES (?, ?, ?, ?)", (kind, value, rec.time, i))
+        assert rec.event_id in item.text
+        conn.execute("INSERT INTO events_fts(rowid, text) VALUES (?, ?)", (i, item.text))
+    conn.close()
+
+    store = SqliteStore(path)
+    try:
+        assert store.check().ok
+        first_new = len(old) + 1
+        results = store.append(new)
+        assert results[0].id == first_new
+        for i, item in enumerate(old, start=1):
+            # Old entries hold the id; searching for it finds the event either way.
+            assert i in _fts_docs_with(path, item.record.event_id.split("-")[-1])
+            assert [r.id for r in store.search(Filters(q=item.record.event_id)).records] == [i]
+        for res, item in zip(results, new, strict=True):
+            assert _fts_docs_with(path, item.record.event_id.split("-")[-1]) == set()
+            assert [r.id for r in store.search(Filters(q=item.record.event_id)).records] == [res.id]
+            assert res.id in [r.id for r in store.search(Filters(q=f"{item.record.event_id} build")).records]
+            assert store.search(Filters(q=f"{item.record.event_id} zzznothing")).records == []
+        # Other words of the entries are still found as phrases.
+        assert {r.id for r in store.search(Filters(q="checkout-build-1")).records} == {results[1].id}
+        # Retention removes both kinds of entries exactly.
+        store.append(newest)
+        retention.run(
+            store, Policy(task_days=1, stage_days=1, pipeline_days=1, other_days=1), now_ms=T0 + 40 * DAY
+        )
+        assert store.stats().events == 1
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE VIRTUAL TABLE temp.v USING fts5vocab(main, events_fts, 'instance')")
+        docs = {d for (d,) in conn.execute("SELECT DISTINCT doc FROM temp.v")}
+        conn.close()
+        assert docs == {store.last_id()}
+        report = store.check()
+        assert report.ok, report.problems
+    finally:
+        store.close()

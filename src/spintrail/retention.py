@@ -36,6 +36,7 @@ from spintrail.decode import decode_body
 from spintrail.query import LIST_FILTERS
 from spintrail.record import LIST_FIELDS, TEXT_FIELDS, AuditRecord, format_time
 from spintrail.store import Store, blobs
+from spintrail.store.sqlite import fts_cut_from, fts_text
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +285,7 @@ class _SqliteRetention:
                 conn.execute("COMMIT")
                 return False
             cache = sqlite_reader(conn)
+            cut_from = fts_cut_from(conn)
             ids = []
             records: list[AuditRecord] = []
             blobs_of: dict[int, str | None] = {}
@@ -301,6 +303,8 @@ class _SqliteRetention:
                 if text is None:
                     self.rebuild = True
                 elif text:
+                    if rec.id >= cut_from:
+                        text = fts_text(text, rec.event_id)
                     conn.execute(
                         "INSERT INTO events_fts(events_fts, rowid, text) VALUES ('delete', ?, ?)",
                         (rec.id, text),
@@ -398,6 +402,8 @@ class _SqliteRetention:
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute("INSERT INTO events_fts(events_fts) VALUES ('delete-all')")
+            # Every entry is made anew, the way the store makes new ones.
+            conn.execute("UPDATE store_meta SET value = 0 WHERE name = 'fts_event_id_cut_from'")
             last = -1
             cache = sqlite_reader(conn)
             while True:
@@ -416,6 +422,7 @@ class _SqliteRetention:
                     if text is None:
                         text = fulltext.index_text(rec, {})
                     if text:
+                        text = fts_text(text, rec.event_id)
                         conn.execute("INSERT INTO events_fts(rowid, text) VALUES (?, ?)", (rec.id, text))
                     last = rec.id or last
             conn.execute("COMMIT")

@@ -230,7 +230,39 @@ MIGRATIONS: list[tuple[int, str]] = [
         " data BLOB NOT NULL)",
     ),
     (6, _interned_tags()),
+    # The full-text entry of an event no longer holds its event id (unique to each event, it was a quarter
+    # of the index); a search term that is an event id finds its event through the id index instead. Rows
+    # from this id on are indexed so (retention must remove exactly the text that was indexed).
+    (
+        7,
+        """
+        CREATE TABLE store_meta (name TEXT PRIMARY KEY, value INTEGER);
+        INSERT INTO store_meta(name, value)
+            SELECT 'fts_event_id_cut_from', coalesce(max(id), 0) + 1 FROM event_rows
+        """,
+    ),
 ]
+
+#: Event ids at least this long are left out of the full-text entry of their event (shorter ones might be
+#: parts of other words).
+FTS_EVENT_ID_CUT = 16
+
+
+def fts_text(text: str, event_id: str) -> str:
+    """The full-text entry the SQLite store indexes for an event whose ingest text is ``text``."""
+    if len(event_id) >= FTS_EVENT_ID_CUT and event_id in text:
+        return text.replace(event_id, " ")
+    return text
+
+
+def fts_cut_from(conn: sqlite3.Connection) -> int:
+    """The first row whose full-text entry was made by ``fts_text`` (the ones before hold their event id)."""
+    try:
+        row = conn.execute("SELECT value FROM store_meta WHERE name = 'fts_event_id_cut_from'").fetchone()
+    except sqlite3.OperationalError:
+        return 2**63 - 1
+    return int(row[0]) if row else 2**63 - 1
+
 
 #: Indexes for the web pages and reports (stage-type filters), kept as their own component so they
 #: version independently of the events schema.
@@ -314,6 +346,7 @@ class SqliteStore(Store):
         self._dicts: dict[int, bytes] = {}  # zstd dictionaries by id, for readers
         self._trained: Any = None  # a dictionary trained in the background, not yet stored
         self._training: threading.Thread | None = None
+        self._fts_cut_from = 2**63 - 1  # see fts_cut_from (read when the writer starts)
         self.commit_observer: Any = None  # callable(seconds, events) set by the app for metrics
         self.disk_full = False  # the last commit failed for lack of disk space
         self._disk_full_logged = 0.0
@@ -469,6 +502,7 @@ class SqliteStore(Store):
         self._ids.begin()
         try:
             conn.execute("BEGIN IMMEDIATE")
+            self._fts_cut_from = fts_cut_from(conn)  # retention may rebuild the index (and move it)
             seen: dict[str, int] = {}
             written: list[Written] = []
             results = [
@@ -582,7 +616,8 @@ class SqliteStore(Store):
         if tags:
             conn.executemany("INSERT OR IGNORE INTO tag_rows(tag, time, event_row) VALUES (?, ?, ?)", tags)
         if item.text:
-            conn.execute("INSERT INTO events_fts(rowid, text) VALUES (?, ?)", (row_id, item.text))
+            text = fts_text(item.text, rec.event_id) if row_id >= self._fts_cut_from else item.text
+            conn.execute("INSERT INTO events_fts(rowid, text) VALUES (?, ?)", (row_id, text))
         rec.id = row_id
         seen[rec.event_id] = row_id
         written.append(Written(item, row_id))
@@ -652,11 +687,21 @@ class SqliteStore(Store):
                 where.append(f"id IN (SELECT event_row FROM tag_rows WHERE {_in('tag', found)})")
                 args += found
         if f.q is not None:
-            match = fulltext.fts5_query(f.q)
-            if match is None:
+            terms = fulltext.fts5_terms(f.q)
+            if not terms:
                 return None, []
-            where.append("id IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)")
-            args.append(match)
+            # A term that is an event id also finds its event (ids are not in the full-text entries).
+            plain: list[str] = []
+            for term, phrase in terms:
+                found = self._read(_BY_EVENT_ID, (term[-_EVENT_ID_KEY:], term))
+                if found:
+                    where.append("(id = ? OR id IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?))")
+                    args += [found[0][0], phrase]
+                else:
+                    plain.append(phrase)
+            if plain:
+                where.append("id IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)")
+                args.append(" AND ".join(plain))
         if f.since is not None:
             where.append("time >= ?")
             args.append(f.since)
