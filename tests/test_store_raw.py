@@ -272,8 +272,11 @@ def test_frames_start_from_a_dictionary_trained_on_the_first_events(
             for (d,) in conn.execute("SELECT data FROM raw WHERE codec = 3 AND base_id IS NULL ORDER BY id")
         ]
         conn.close()
-        assert zstandard.get_frame_parameters(starts[0]).dict_id == 0  # before the dictionary
-        assert zstandard.get_frame_parameters(starts[-1]).dict_id == dict_id
+        # (A stream blob is a varint header, then its zstd block.)
+        assert (
+            zstandard.get_frame_parameters(blobs._split(starts[0])[1]).dict_id == 0
+        )  # before the dictionary
+        assert zstandard.get_frame_parameters(blobs._split(starts[-1])[1]).dict_id == dict_id
     finally:
         store.close()
     store = SqliteStore(path)  # a restart uses the stored dictionary again
@@ -367,5 +370,60 @@ def test_full_text_entries_leave_out_event_ids_which_find_their_event_by_id(tmp_
         assert docs == {store.last_id()}
         report = store.check()
         assert report.ok, report.problems
+    finally:
+        store.close()
+
+
+def test_event_ids_are_left_out_of_stream_blocks_and_put_back_byte_for_byte(tmp_path: Path) -> None:
+    import uuid
+
+    from spintrail.retention import sqlite_blob, sqlite_reader
+
+    path = tmp_path / "cut.db"
+    items = []
+    for n in range(40):
+        eid = str(uuid.UUID(int=random.Random(n).getrandbits(128)))
+        rec = make_record(n, event_id=eid, pipeline_config_id="P", execution_id=f"E{n // 8}")
+        if n % 4 == 0:
+            body = {"eventId": eid, "pad": "x" * 500, "n": n}  # the id at the start
+        elif n % 4 == 1:
+            body = {"pad": "y" * 500, "n": n, "again": eid, "eventId": eid}  # twice
+        elif n % 4 == 2:
+            body = {"pad": "z" * 500, "n": n}  # not in the bytes at all
+        else:
+            body = {"pad": "w" * 500, "n": n, "eventId": eid.upper()}  # not as stored
+        items.append(PreparedEvent(record=rec, raw=json.dumps(body).encode(), text=""))
+    store = SqliteStore(path)
+    try:
+        results = store.append(items)
+        conn = sqlite3.connect(path)
+        cut = 0
+        for res, item in zip(results, items, strict=True):
+            data = conn.execute(
+                "SELECT r.data FROM raw r JOIN event_rows e ON e.raw_id = r.id WHERE e.id = ?", (res.id,)
+            ).fetchone()[0]
+            at, _ = blobs._split(data)
+            cut += at >= 0
+            if at >= 0:
+                assert item.raw[at : at + 36] == item.record.event_id.encode()
+        conn.close()
+        assert cut == 20
+        order = list(zip(results, items, strict=True))
+        random.Random(3).shuffle(order)
+        for res, item in order:
+            assert store.raw(res.id) == item.raw
+        # The readers of retention and migrate put the id back too; without it a cut block is not guessed.
+        conn = store.connect()
+        reader = sqlite_reader(conn)
+        for res, item in zip(results, items, strict=True):
+            raw_id = conn.execute("SELECT raw_id FROM event_rows WHERE id = ?", (res.id,)).fetchone()[0]
+            assert sqlite_blob(conn, raw_id, reader, item.record.event_id) == item.raw
+        raw_id = conn.execute("SELECT raw_id FROM event_rows WHERE id = ?", (results[0].id,)).fetchone()[0]
+        with pytest.raises(blobs.NeedsEventId):
+            sqlite_reader(conn).read(raw_id)
+        conn.close()
+        report = store.check()
+        assert report.ok, report.problems
+        assert report.checks["raw_sha256"] == len(items)
     finally:
         store.close()

@@ -213,11 +213,12 @@ def sqlite_reader(conn: Any) -> blobs.BlobReader:
     return blobs.BlobReader(fetch, dictionary=dictionary)
 
 
-def sqlite_blob(conn: Any, blob_id: int, reader: blobs.BlobReader) -> bytes | None:
-    """The bytes of a SQLite raw blob (``None`` when it or a blob it needs is missing or damaged)."""
+def sqlite_blob(conn: Any, blob_id: int, reader: blobs.BlobReader, event_id: str) -> bytes | None:
+    """The bytes of the SQLite raw blob of event ``event_id`` (``None`` when it or a blob it needs is
+    missing or damaged)."""
     del conn  # the reader holds its connection
     try:
-        return reader.read(blob_id)
+        return reader.read(blob_id, event_id)
     except (LookupError, ValueError):
         return None
 
@@ -298,7 +299,7 @@ class _SqliteRetention:
                 assert rec.id is not None
                 ids.append(rec.id)
                 records.append(rec)
-                raw = sqlite_blob(conn, raw_id, cache) if raw_id is not None else None
+                raw = sqlite_blob(conn, raw_id, cache, rec.event_id) if raw_id is not None else None
                 text = recompute_text(rec, raw)
                 if text is None:
                     self.rebuild = True
@@ -417,7 +418,7 @@ class _SqliteRetention:
                     for name in LIST_FIELDS:
                         values[name] = json.loads(values[name])
                     rec = AuditRecord(**values)
-                    raw = sqlite_blob(conn, row[-1], cache) if row[-1] is not None else None
+                    raw = sqlite_blob(conn, row[-1], cache, rec.event_id) if row[-1] is not None else None
                     text = recompute_text(rec, raw)
                     if text is None:
                         text = fulltext.index_text(rec, {})

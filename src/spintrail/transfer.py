@@ -77,15 +77,16 @@ def _iter_sqlite(store: Any, batch: int) -> Iterator[list[tuple[AuditRecord, byt
                 for name in LIST_FIELDS:
                     values[name] = json.loads(values[name])
                 rec = AuditRecord(**values)
-                out.append((rec, _sqlite_blob(conn, row[-1], cache) if row[-1] is not None else None))
+                raw = _sqlite_blob(conn, row[-1], cache, rec.event_id) if row[-1] is not None else None
+                out.append((rec, raw))
             yield out
             after = rows[-1][0]
     finally:
         conn.close()
 
 
-def _sqlite_blob(conn: Any, blob_id: int, cache: BlobReader) -> bytes:
-    out = sqlite_blob(conn, blob_id, cache)
+def _sqlite_blob(conn: Any, blob_id: int, cache: BlobReader, event_id: str) -> bytes:
+    out = sqlite_blob(conn, blob_id, cache, event_id)
     if out is None:
         raise TransferError(f"raw blob {blob_id} is missing in the source: the source store is damaged")
     return out

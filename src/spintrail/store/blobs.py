@@ -241,8 +241,14 @@ class Streams:
         return out
 
     def compress(
-        self, key: str | None, raw: bytes, time_ms: int, exists: Callable[[int], bool] | None = None
+        self,
+        key: str | None,
+        raw: bytes,
+        time_ms: int,
+        exists: Callable[[int], bool] | None = None,
+        cut: bytes | None = None,
     ) -> StreamBlob:
+        """The blob of ``raw``; ``cut`` (the event id) is left out of a stream block and put back on read."""
         digest = hashlib.sha256(raw).digest()
         if len(raw) < _SMALL:
             return StreamBlob(CODEC_PLAIN, raw, len(raw), digest, None)
@@ -265,8 +271,11 @@ class Streams:
                 self._open.popitem(last=False)
         else:
             self._open.move_to_end(key)
-        data = stream.writer.compress(raw) + stream.writer.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
-        stream.raw_bytes += len(raw)
+        at = raw.find(cut) if cut is not None and len(cut) >= CUT_MIN else -1
+        body = raw[:at] + raw[at + len(cut) :] if at >= 0 and cut is not None else raw
+        data = _varint(at + 1) + stream.writer.compress(body)
+        data += stream.writer.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+        stream.raw_bytes += len(body)
         stream.events += 1
         return StreamBlob(CODEC_ZSTD_STREAM, data, len(raw), digest, stream.last_id)
 
@@ -287,6 +296,41 @@ class Streams:
 
     def __len__(self) -> int:
         return len(self._open)
+
+
+#: A stream block leaves out the event's id (random, so it costs its full length in every block) when it
+#: is at least this long; the block starts with a varint: 0, or 1 + the offset the id was cut at.
+CUT_MIN = 16
+
+
+class NeedsEventId(LookupError):
+    """A stream blob left its event id out, and the id was not given to put it back."""
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _split(data: bytes) -> tuple[int, bytes]:
+    """(offset the event id was cut at or -1, the zstd block) of a stream blob."""
+    n = shift = i = 0
+    while True:
+        if i >= len(data) or shift > 35:
+            raise ValueError("a stream blob without its header")
+        byte = data[i]
+        n |= (byte & 0x7F) << shift
+        i += 1
+        if not byte & 0x80:
+            return n - 1, bytes(data[i:])
+        shift += 7
 
 
 def stream_key(
@@ -350,13 +394,21 @@ class BlobReader:
         self._positions: OrderedDict[int, zstandard.ZstdDecompressionObj] = OrderedDict()
         self.max_positions = max_positions
 
-    def read(self, blob_id: int) -> bytes:
+    def read(self, blob_id: int, event_id: str | None = None) -> bytes:
+        """The bytes of a blob; ``event_id`` (of the blob's event) puts back an id a stream block left out."""
         data = self._decoded.get(blob_id)
         if data is not None:
             self._decoded.move_to_end(blob_id)
             return data
         row = self._row(blob_id)
-        out = self._stream(blob_id, row) if row[0] == CODEC_ZSTD_STREAM else self._delta(blob_id, row)
+        if row[0] == CODEC_ZSTD_STREAM:
+            at, out = self._stream(blob_id, row)
+            if at >= 0:
+                if event_id is None:
+                    raise NeedsEventId(f"raw blob {blob_id} needs its event id to be read")
+                out = out[:at] + event_id.encode("utf-8", "surrogatepass") + out[at:]
+        else:
+            out = self._delta(blob_id, row)
         if len(out) != row[2]:
             raise ValueError(f"raw blob {blob_id} decompresses to {len(out)} bytes, {row[2]} recorded")
         self._remember(blob_id, out)
@@ -390,7 +442,7 @@ class BlobReader:
         assert out is not None
         return out
 
-    def _stream(self, blob_id: int, row: Row) -> bytes:
+    def _stream(self, blob_id: int, row: Row) -> tuple[int, bytes]:
         parts: list[Row] = [row]
         reader: zstandard.ZstdDecompressionObj | None = None
         prev = row[3]
@@ -406,19 +458,20 @@ class BlobReader:
                 raise ValueError(f"raw blob {prev} of codec {prev_row[0]} inside a stream frame")
             parts.append(prev_row)
             last, prev = prev, prev_row[3]
+        blocks = [_split(data) for _, data, _, _ in reversed(parts)]
         if reader is None:
             # A decompressor of its own: objects of one ZstdDecompressor share its context.
-            reader = self._decompressor(parts[-1][1]).decompressobj()
+            reader = self._decompressor(blocks[0][1]).decompressobj()
         out = b""
         try:
-            for _, data, _, _ in reversed(parts):
-                out = reader.decompress(data)
+            for _, block in blocks:
+                out = reader.decompress(block)
         except zstandard.ZstdError as exc:
             raise ValueError(f"raw blob {blob_id} does not decompress: {exc}") from exc
         self._positions[blob_id] = reader
         while len(self._positions) > self.max_positions:
             self._positions.popitem(last=False)
-        return out
+        return blocks[-1][0], out
 
     def _decompressor(self, first: bytes) -> zstandard.ZstdDecompressor:
         """A decompressor for the frame that starts with ``first`` (with the dictionary it names)."""

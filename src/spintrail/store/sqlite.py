@@ -594,6 +594,7 @@ class SqliteStore(Store):
                 lambda blob_id: (
                     conn.execute("SELECT 1 FROM raw WHERE id = ?", (blob_id,)).fetchone() is not None
                 ),
+                rec.event_id.encode("utf-8", "surrogatepass"),
             )
             raw_id = conn.execute(
                 "INSERT INTO raw(codec, base_id, size, sha256, data, event_row) VALUES (?, ?, ?, ?, ?, ?)",
@@ -762,17 +763,17 @@ class SqliteStore(Store):
         return self._records(rows)[0] if rows else None
 
     def raw(self, id_: int) -> bytes | None:
-        rows = self._read("SELECT raw_id FROM event_rows WHERE id = ?", (id_,))
+        rows = self._read("SELECT raw_id, event_id FROM event_rows WHERE id = ?", (id_,))
         if not rows or rows[0][0] is None:
             return None
-        return self._blob(rows[0][0])
+        return self._blob(rows[0][0], rows[0][1])
 
-    def _blob(self, blob_id: int) -> bytes:
+    def _blob(self, blob_id: int, event_id: str) -> bytes:
         # The blob and every blob before it in its frame (or delta chain), in one statement.
         rows = self._read(_CHAIN_SQL, (blob_id, blobs.FRAME_MAX_EVENTS * 4))
         chain = {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
         try:
-            return blobs.BlobReader(chain.get, dictionary=self._dictionary).read(blob_id)
+            return blobs.BlobReader(chain.get, dictionary=self._dictionary).read(blob_id, event_id)
         except (LookupError, ValueError) as exc:
             raise StoreUnavailable(f"raw blob {blob_id} cannot be read: {exc}") from exc
 

@@ -161,10 +161,17 @@ def _raw_sha256(
         return bytes(row[0]) if row else None
 
     reader = blobs.BlobReader(fetch, dictionary=dictionary)
-    rows = conn.execute("SELECT id, sha256 FROM raw ORDER BY id")
-    for done, (id_, sha) in enumerate(rows, start=1):
+    # A stream block leaves its event id out: it is read with the id of the event that names it. A blob kept
+    # after retention removed its event (a later blob of its frame needs it) is only decompressed.
+    rows = conn.execute(
+        "SELECT r.id, r.sha256, e.event_id FROM raw r"
+        " LEFT JOIN event_rows e ON e.id = r.event_row AND e.raw_id = r.id ORDER BY r.id"
+    )
+    for done, (id_, sha, event_id) in enumerate(rows, start=1):
         try:
-            out = reader.read(id_)
+            out = reader.read(id_, event_id)
+        except blobs.NeedsEventId:
+            pass
         except Exception as exc:  # zstd errors, missing bases, unknown codecs: all reported the same way
             listing.add(f"raw blob {id_} cannot be decompressed: {exc}")
         else:
