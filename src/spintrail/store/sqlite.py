@@ -347,6 +347,8 @@ class SqliteStore(Store):
         self._trained: Any = None  # a dictionary trained in the background, not yet stored
         self._training: threading.Thread | None = None
         self._fts_cut_from = 2**63 - 1  # see fts_cut_from (read when the writer starts)
+        self._next_id: int | None = None  # the next event row id within the writer's transaction
+        self._new_raw_ids: set[int] = set()  # raw blobs written in the writer's transaction
         self.commit_observer: Any = None  # callable(seconds, events) set by the app for metrics
         self.disk_full = False  # the last commit failed for lack of disk space
         self._disk_full_logged = 0.0
@@ -504,6 +506,8 @@ class SqliteStore(Store):
             conn.execute("BEGIN IMMEDIATE")
             self._fts_cut_from = fts_cut_from(conn)  # retention may rebuild the index (and move it)
             seen: dict[str, int] = {}
+            self._next_id = None
+            self._new_raw_ids = set()
             written: list[Written] = []
             results = [
                 [self._write(conn, item, seen, new_blobs, written) for item in job.items] for job in jobs
@@ -571,10 +575,14 @@ class SqliteStore(Store):
         row = conn.execute(_BY_EVENT_ID, (rec.event_id[-_EVENT_ID_KEY:], rec.event_id)).fetchone()
         if row is not None:
             return AppendResult(row[0], True)
+        # The id SQLite would give (the highest + 1), known without asking once the transaction has one.
         row_id = item.id
         if row_id is None:
-            row_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM event_rows").fetchone()[0]
+            if self._next_id is None:
+                self._next_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM event_rows").fetchone()[0]
+            row_id = self._next_id
         raw_id: int | None = None
+        new_ids = self._new_raw_ids  # blobs written in this transaction (they exist)
         if item.keep_raw:
             key = blobs.stream_key(
                 rec.pipeline_config_id, rec.application, rec.execution_id, rec.source, rec.type
@@ -592,7 +600,8 @@ class SqliteStore(Store):
                 item.raw,
                 rec.time,
                 lambda blob_id: (
-                    conn.execute("SELECT 1 FROM raw WHERE id = ?", (blob_id,)).fetchone() is not None
+                    blob_id in new_ids
+                    or conn.execute("SELECT 1 FROM raw WHERE id = ?", (blob_id,)).fetchone() is not None
                 ),
                 rec.event_id.encode("utf-8", "surrogatepass"),
             )
@@ -602,6 +611,7 @@ class SqliteStore(Store):
             ).lastrowid
             assert raw_id is not None
             new_blobs.add(key)
+            new_ids.add(raw_id)
             self._streams.stored(key, blob, raw_id)
         intern = self._ids.id_of
         values: list[Any] = [rec.event_id, rec.received_at, rec.time]
@@ -609,6 +619,8 @@ class SqliteStore(Store):
         values += [intern(conn, json.dumps(getattr(rec, c), ensure_ascii=False)) for c in LIST_FIELDS]
         row_id = conn.execute(_INSERT, (row_id, *values, raw_id)).lastrowid
         assert row_id is not None
+        if self._next_id is not None:
+            self._next_id = max(self._next_id, row_id + 1)
         tags = [
             (intern(conn, f"{kind}:{value}"), rec.time, row_id)
             for kind, field_name in LIST_FILTERS.items()
