@@ -53,20 +53,21 @@ _INTERNED: tuple[str, ...] = (*TEXT_FIELDS, *LIST_FIELDS)
 _FULL_INDEXES = frozenset({"events_event_id", "events_time"})
 #: Characters at the end of an event id that its index holds.
 _EVENT_ID_KEY = 12
-#: Indexes on ``event_rows`` (name, columns): each filter column with the time order.
+#: Indexes on ``event_rows`` (name, columns). Every index entry ends with the row id, so ``(column, time)``
+#: serves ``ORDER BY time, id`` as ``(column, time, id)`` did, 3 bytes an entry smaller.
 _INDEXES: tuple[tuple[str, str], ...] = (
     # Event ids are unique (the writer looks an id up before it inserts, in the write transaction); the
     # index holds only their last characters (random in a UUID): a third of a full copy of the ids.
     ("events_event_id", f"substr(event_id, -{_EVENT_ID_KEY})"),
-    ("events_time", "time, id"),
-    ("events_user", '"user", time, id'),
-    ("events_application", "application, time, id"),
-    ("events_type", "type, time, id"),
-    ("events_status", "status, time, id"),
-    ("events_source", "source, time, id"),
-    ("events_instance", "spinnaker_instance, time, id"),
-    ("events_execution", "execution_id, time, id"),
-    ("events_stage_type", "stage_type, time, id"),
+    ("events_time", "time"),
+    ("events_user", '"user", time'),
+    ("events_application", "application, time"),
+    ("events_type", "type, time"),
+    ("events_status", "status, time"),
+    ("events_source", "source, time"),
+    ("events_instance", "spinnaker_instance, time"),
+    ("events_execution", "execution_id, time"),
+    ("events_stage_type", "stage_type, time"),
 )
 
 
@@ -268,7 +269,7 @@ def fts_cut_from(conn: sqlite3.Connection) -> int:
 #: version independently of the events schema.
 REPORT_MIGRATIONS: list[tuple[int, str]] = [
     # Since schema version 3 the index is on event_rows, made with the others (this is then a no-op).
-    (1, "CREATE INDEX IF NOT EXISTS events_stage_type ON event_rows(stage_type, time, id)"),
+    (1, "CREATE INDEX IF NOT EXISTS events_stage_type ON event_rows(stage_type, time)"),
 ]
 
 #: A raw blob and the blobs it needs (its stream frame or delta chain), newest first.
