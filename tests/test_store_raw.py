@@ -427,3 +427,36 @@ def test_event_ids_are_left_out_of_stream_blocks_and_put_back_byte_for_byte(tmp_
         assert report.checks["raw_sha256"] == len(items)
     finally:
         store.close()
+
+
+def test_event_ids_of_every_shape_keep_their_text_and_stay_unique(tmp_path: Path) -> None:
+    ids = [
+        "0d23a81b-4573-5c49-89e3-ba95ccd40b5e",  # canonical UUID: stored as 16 bytes
+        "0D23A81B-4573-5C49-89E3-BA95CCD40B5E",  # the same UUID in capitals: another id, kept as text
+        "{0d23a81b-4573-5c49-89e3-ba95ccd40b5f}",
+        "odd",
+        "x" * 36,
+    ]
+    path = tmp_path / "ids.db"
+    store = SqliteStore(path)
+    try:
+        first = store.append(
+            [PreparedEvent(record=make_record(n, event_id=e), raw=b"{}", text="") for n, e in enumerate(ids)]
+        )
+        assert not any(r.duplicate for r in first)
+        again = store.append(
+            [PreparedEvent(record=make_record(n, event_id=e), raw=b"{}", text="") for n, e in enumerate(ids)]
+        )
+        assert all(r.duplicate for r in again) and [r.id for r in again] == [r.id for r in first]
+        for res, e in zip(first, ids, strict=True):
+            got = store.get_by_event_id(e)
+            assert got is not None and got.id == res.id and got.event_id == e
+            if len(e) >= 16:  # a term that is an event id finds its event
+                assert [r.id for r in store.search(Filters(q=e)).records] == [res.id]
+        conn = sqlite3.connect(path)
+        assert [r[0] for r in conn.execute("SELECT event_id FROM events ORDER BY id")] == ids
+        assert conn.execute("SELECT typeof(event_id) FROM event_rows ORDER BY id").fetchall()[0] == ("blob",)
+        conn.close()
+        assert store.check().ok
+    finally:
+        store.close()

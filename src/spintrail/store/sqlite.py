@@ -15,6 +15,7 @@ import queue
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -51,13 +52,13 @@ _SELECT = "SELECT id, " + ", ".join(f'"{c}"' for c in _RECORD_COLUMNS) + " FROM 
 _INTERNED: tuple[str, ...] = (*TEXT_FIELDS, *LIST_FIELDS)
 #: Indexes that hold every row (the others leave out rows whose column is NULL).
 _FULL_INDEXES = frozenset({"events_event_id", "events_time"})
-#: Characters at the end of an event id that its index holds.
-_EVENT_ID_KEY = 12
+#: Characters (bytes, for a UUID) at the end of an event id that its index holds.
+_EVENT_ID_KEY = 8
 #: Indexes on ``event_rows`` (name, columns). Every index entry ends with the row id, so ``(column, time)``
 #: serves ``ORDER BY time, id`` as ``(column, time, id)`` did, 3 bytes an entry smaller.
 _INDEXES: tuple[tuple[str, str], ...] = (
     # Event ids are unique (the writer looks an id up before it inserts, in the write transaction); the
-    # index holds only their last characters (random in a UUID): a third of a full copy of the ids.
+    # index holds only their last 8 characters or bytes (random in a UUID).
     ("events_event_id", f"substr(event_id, -{_EVENT_ID_KEY})"),
     ("events_time", "time"),
     ("events_user", '"user", time'),
@@ -69,6 +70,30 @@ _INDEXES: tuple[tuple[str, str], ...] = (
     ("events_execution", "execution_id, time"),
     ("events_stage_type", "stage_type, time"),
 )
+
+
+#: ``event_rows.event_id`` as text: a canonical UUID is stored as its 16 bytes (20 fewer than its text).
+_EVENT_ID_TEXT = (
+    "CASE WHEN typeof(r.event_id) = 'blob' THEN lower(substr(hex(r.event_id), 1, 8) || '-' ||"
+    " substr(hex(r.event_id), 9, 4) || '-' || substr(hex(r.event_id), 13, 4) || '-' ||"
+    " substr(hex(r.event_id), 17, 4) || '-' || substr(hex(r.event_id), 21)) ELSE r.event_id END"
+)
+
+
+def stored_event_id(event_id: str) -> str | bytes:
+    """How ``event_rows`` stores an event id: a canonical (lowercase) UUID as its 16 bytes, others as text."""
+    if len(event_id) == 36:
+        try:
+            parsed = uuid.UUID(event_id)
+        except ValueError:
+            return event_id
+        if str(parsed) == event_id:
+            return parsed.bytes
+    return event_id
+
+
+def event_id_text(stored: str | bytes) -> str:
+    return str(uuid.UUID(bytes=bytes(stored))) if isinstance(stored, bytes) else stored
 
 
 def _interned_layout() -> str:
@@ -105,9 +130,10 @@ def _interned_layout() -> str:
             raw_id INTEGER
         );
         INSERT INTO event_rows(id, event_id, received_at, time, {cols}, raw_id)
-            SELECT e.id, e.event_id, e.received_at, e.time, {lookups}, e.raw_id FROM events e ORDER BY e.id;
+            SELECT e.id, spintrail_event_id(e.event_id), e.received_at, e.time, {lookups}, e.raw_id
+            FROM events e ORDER BY e.id;
         DROP TABLE events;
-        CREATE VIEW events AS SELECT r.id AS id, r.event_id AS event_id, r.received_at AS received_at,
+        CREATE VIEW events AS SELECT r.id AS id, {_EVENT_ID_TEXT} AS event_id, r.received_at AS received_at,
             r.time AS time, {view}, r.raw_id AS raw_id FROM event_rows r;
         {indexes};
         CREATE TRIGGER events_insert INSTEAD OF INSERT ON events BEGIN
@@ -117,7 +143,9 @@ def _interned_layout() -> str:
         END;
         CREATE TRIGGER events_update INSTEAD OF UPDATE ON events BEGIN
             {_intern_new()};
-            UPDATE event_rows SET id = NEW.id, event_id = NEW.event_id, received_at = NEW.received_at,
+            UPDATE event_rows SET id = NEW.id,
+                event_id = CASE WHEN NEW.event_id IS OLD.event_id THEN event_id ELSE NEW.event_id END,
+                received_at = NEW.received_at,
                 time = NEW.time, {sets}, raw_id = NEW.raw_id WHERE id = OLD.id;
         END;
         CREATE TRIGGER events_delete INSTEAD OF DELETE ON events BEGIN
@@ -287,6 +315,13 @@ _CHAIN_SQL = f"""
 #: id for the column in the indexed expression and no longer sees the index.)
 _EVENT_ID_WHERE = f"substr(event_id, -{_EVENT_ID_KEY}) = ? AND +event_id = ?"
 _BY_EVENT_ID = f"SELECT id FROM event_rows WHERE {_EVENT_ID_WHERE}"
+
+
+def _event_id_args(event_id: str) -> tuple[str | bytes, str | bytes]:
+    stored = stored_event_id(event_id)
+    return stored[-_EVENT_ID_KEY:], stored
+
+
 _INSERT = (
     "INSERT INTO event_rows(id, "
     + ", ".join(f'"{c}"' for c in _RECORD_COLUMNS)
@@ -384,6 +419,8 @@ class SqliteStore(Store):
         return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
+        # Schema version 3 stores canonical UUID event ids as bytes (see stored_event_id).
+        conn.create_function("spintrail_event_id", 1, stored_event_id, deterministic=True)
         migrate(conn, "events", MIGRATIONS)
         migrate(conn, "events-reports", REPORT_MIGRATIONS)
 
@@ -573,7 +610,7 @@ class SqliteStore(Store):
         rec = item.record
         if rec.event_id in seen:
             return AppendResult(seen[rec.event_id], True)
-        row = conn.execute(_BY_EVENT_ID, (rec.event_id[-_EVENT_ID_KEY:], rec.event_id)).fetchone()
+        row = conn.execute(_BY_EVENT_ID, _event_id_args(rec.event_id)).fetchone()
         if row is not None:
             return AppendResult(row[0], True)
         # The id SQLite would give (the highest + 1), known without asking once the transaction has one.
@@ -615,7 +652,7 @@ class SqliteStore(Store):
             new_ids.add(raw_id)
             self._streams.stored(key, blob, raw_id)
         intern = self._ids.id_of
-        values: list[Any] = [rec.event_id, rec.received_at, rec.time]
+        values: list[Any] = [stored_event_id(rec.event_id), rec.received_at, rec.time]
         values += [intern(conn, getattr(rec, c)) for c in TEXT_FIELDS]
         values += [intern(conn, json.dumps(getattr(rec, c), ensure_ascii=False)) for c in LIST_FIELDS]
         row_id = conn.execute(_INSERT, (row_id, *values, raw_id)).lastrowid
@@ -707,7 +744,7 @@ class SqliteStore(Store):
             # A term that is an event id also finds its event (ids are not in the full-text entries).
             plain: list[str] = []
             for term, phrase in terms:
-                found = self._read(_BY_EVENT_ID, (term[-_EVENT_ID_KEY:], term))
+                found = self._read(_BY_EVENT_ID, _event_id_args(term))
                 if found:
                     where.append("(id = ? OR id IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?))")
                     args += [found[0][0], phrase]
@@ -756,7 +793,11 @@ class SqliteStore(Store):
         text = self._texts(v for row in rows for v in row[4:])
         out = []
         for row in rows:
-            kwargs: dict[str, Any] = {"event_id": row[1], "received_at": row[2], "time": row[3]}
+            kwargs: dict[str, Any] = {
+                "event_id": event_id_text(row[1]),
+                "received_at": row[2],
+                "time": row[3],
+            }
             for name, value in zip(TEXT_FIELDS, row[4:n_text], strict=True):
                 kwargs[name] = text(value)
             for name, value in zip(LIST_FIELDS, row[n_text:], strict=True):
@@ -771,7 +812,7 @@ class SqliteStore(Store):
     def get_by_event_id(self, event_id: str) -> AuditRecord | None:
         rows = self._read(
             _SELECT + f" WHERE {_EVENT_ID_WHERE}",
-            (event_id[-_EVENT_ID_KEY:], event_id),
+            _event_id_args(event_id),
         )
         return self._records(rows)[0] if rows else None
 
@@ -779,7 +820,7 @@ class SqliteStore(Store):
         rows = self._read("SELECT raw_id, event_id FROM event_rows WHERE id = ?", (id_,))
         if not rows or rows[0][0] is None:
             return None
-        return self._blob(rows[0][0], rows[0][1])
+        return self._blob(rows[0][0], event_id_text(rows[0][1]))
 
     def _blob(self, blob_id: int, event_id: str) -> bytes:
         # The blob and every blob before it in its frame (or delta chain), in one statement.

@@ -165,7 +165,7 @@ def _raw_sha256(
     # after retention removed its event (a later blob of its frame needs it) is only decompressed.
     rows = conn.execute(
         "SELECT r.id, r.sha256, e.event_id FROM raw r"
-        " LEFT JOIN event_rows e ON e.id = r.event_row AND e.raw_id = r.id ORDER BY r.id"
+        " LEFT JOIN events e ON e.id = r.event_row AND e.raw_id = r.id ORDER BY r.id"
     )
     for done, (id_, sha, event_id) in enumerate(rows, start=1):
         try:
@@ -191,7 +191,8 @@ def _strings(conn: sqlite3.Connection, report: CheckReport) -> None:
         f'(r."{c}" IS NOT NULL AND NOT EXISTS (SELECT 1 FROM strings s WHERE s.id = r."{c}"))'
         for c in _INTERNED
     )
-    for id_, event_id in conn.execute(f"SELECT r.id, r.event_id FROM event_rows r WHERE {missing}"):
+    for (id_,) in conn.execute(f"SELECT r.id FROM event_rows r WHERE {missing}"):
+        event_id = conn.execute("SELECT event_id FROM events WHERE id = ?", (id_,)).fetchone()[0]
         listing.add(f"event {id_} ({event_id}) names a text value that is not stored")
     listing.close()
 
