@@ -987,7 +987,7 @@ class _StringIds:
     Ids added in a transaction that rolls back are forgotten (``begin`` / ``rollback``).
     """
 
-    MAX = 200_000
+    MAX = 100_000  # about 15 MiB of values at most
 
     def __init__(self) -> None:
         self._ids: dict[str, int] = {}
@@ -1027,7 +1027,7 @@ class _StringIds:
 class _StringValues(dict[int, str]):
     """The readers' cache from string id to value (ids are never reused, values never change)."""
 
-    MAX = 200_000
+    MAX = 100_000  # about 15 MiB of values at most
 
     def add(self, pairs: Sequence[tuple[int, str]]) -> None:
         if len(self) + len(pairs) > self.MAX:
