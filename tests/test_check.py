@@ -16,7 +16,7 @@ from loadgen import post_json, stage_event
 from spintrail.store.sqlite import SqliteStore
 from test_cli import run
 
-CHECKS = {"integrity_check", "event_raw", "delta_base", "raw_sha256", "tags", "fulltext"}
+CHECKS = {"integrity_check", "event_raw", "delta_base", "raw_sha256", "strings", "tags", "fulltext"}
 
 
 def filled_store(path: Path, n: int = 120) -> None:
@@ -74,6 +74,7 @@ def test_a_sound_store_passes_every_check(tmp_path: Path) -> None:
         ("UPDATE events SET raw_id = 8 WHERE id = 9", "event_raw", "raw blob 9 belongs to no event"),
         ("UPDATE raw SET base_id = 50 WHERE id = 12", "delta_base", "not older than itself"),
         ("UPDATE raw SET codec = 9 WHERE id = 13", "delta_base", "unknown codec 9"),
+        ("UPDATE event_rows SET user = 987654 WHERE id = 15", "strings", "event 15 ("),
         (
             "DELETE FROM event_tags WHERE event_row = 20 AND kind = 'account'",
             "tags",

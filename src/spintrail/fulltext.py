@@ -89,16 +89,21 @@ def fts5_query(text: str) -> str | None:
     Each whitespace-separated term (or "quoted phrase") becomes a phrase of its word tokens whose last
     token matches as a prefix; terms are ANDed. Nothing the user types reaches FTS5 syntax unquoted.
     """
-    phrases: list[str] = []
-    for m in _TERM.finditer(text):
-        term = m.group(1) if m.group(1) is not None else m.group(2)
-        tokens = _TOKEN.findall(term)
-        if not tokens:
-            continue
-        phrases.append('"' + " ".join(tokens) + '"*')
+    phrases = [phrase for _, phrase in fts5_terms(text)]
     if not phrases:
         return None
     return " AND ".join(phrases)
+
+
+def fts5_terms(text: str) -> list[tuple[str, str]]:
+    """The terms of a user's search text that hold words: (the term as typed, its FTS5 phrase)."""
+    out: list[tuple[str, str]] = []
+    for m in _TERM.finditer(text):
+        term = m.group(1) if m.group(1) is not None else m.group(2)
+        tokens = _TOKEN.findall(term)
+        if tokens:
+            out.append((term, '"' + " ".join(tokens) + '"*'))
+    return out
 
 
 def query_tokens(text: str) -> list[list[str]]:

@@ -374,7 +374,7 @@ class SqliteOutbox(Outbox):
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA busy_timeout=30000")
         has_events = self._conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'"
+            "SELECT 1 FROM sqlite_master WHERE type IN ('table', 'view') AND name = 'events'"
         ).fetchone()
         if not has_events:
             self._conn.close()

@@ -5,8 +5,11 @@ Classes (by event type): ``task`` (``orca:task:*``), ``stage`` (``orca:stage:*``
 its own age in days (``retention_*_days``; 0 keeps forever). An event is removed when its event ``time`` is
 older than its class's age: its record, tags, full-text entry, id claim and raw bytes.
 
-Raw bytes are delta chains (``store/blobs.py``): a blob is removed only when no event and no remaining blob
-refers to it; a blob kept as the base of a surviving blob goes with its last dependent in a later run.
+Raw bytes are zstd stream frames or, in older files, delta chains (``store/blobs.py``): a blob is removed
+only when no event and no remaining blob refers to it; a blob kept because a surviving blob needs it (a
+later blob of its frame, of the same pipeline and class, or a delta) goes with its last dependent in a
+later run. Frames end at a change of calendar month, so raw bytes outlive their event by about a month at
+most.
 
 SQLite's full-text index is contentless, so removing a row's entry needs the exact text that was indexed:
 it is recomputed from the stored record and raw bytes with ``fulltext.index_text`` (exactly what ingest
@@ -30,8 +33,10 @@ from typing import Any
 
 from spintrail import fulltext
 from spintrail.decode import decode_body
+from spintrail.query import LIST_FILTERS
 from spintrail.record import LIST_FIELDS, TEXT_FIELDS, AuditRecord, format_time
 from spintrail.store import Store, blobs
+from spintrail.store.sqlite import fts_cut_from, fts_text
 
 log = logging.getLogger(__name__)
 
@@ -194,24 +199,28 @@ def recompute_text(record: AuditRecord, raw: bytes | None) -> str | None:
     return fulltext.index_text(record, incoming[0].event)
 
 
-def sqlite_blob(conn: Any, blob_id: int, cache: dict[int, bytes]) -> bytes | None:
-    """The bytes of a SQLite raw blob (``None`` when missing), decompressed blobs kept in ``cache``."""
-    chain: list[tuple[int, int, bytes, int]] = []
-    next_id: int | None = blob_id
-    while next_id is not None and next_id not in cache:
-        row = conn.execute("SELECT codec, data, size, base_id FROM raw WHERE id = ?", (next_id,)).fetchone()
-        if row is None:
-            return None
-        codec, data, size, base_id = row
-        chain.append((next_id, codec, data, size))
-        next_id = base_id if codec == blobs.CODEC_ZSTD_DELTA else None
-        if len(chain) > 2 * blobs.MAX_CHAIN + 2:
-            return None  # a broken (cyclic) chain
-    out = cache[next_id] if next_id is not None else None
-    for bid, codec, data, size in reversed(chain):
-        out = blobs.decompress(codec, data, size, out)
-        cache[bid] = out
-    return cache[blob_id]
+def sqlite_reader(conn: Any) -> blobs.BlobReader:
+    """A reader of a SQLite store's raw blobs on ``conn`` (keeps what reading blobs in order needs)."""
+
+    def fetch(blob_id: int) -> blobs.Row | None:
+        row = conn.execute("SELECT codec, data, size, base_id FROM raw WHERE id = ?", (blob_id,)).fetchone()
+        return (row[0], row[1], row[2], row[3]) if row else None
+
+    def dictionary(dict_id: int) -> bytes | None:
+        row = conn.execute("SELECT data FROM raw_dicts WHERE dict_id = ?", (dict_id,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    return blobs.BlobReader(fetch, dictionary=dictionary)
+
+
+def sqlite_blob(conn: Any, blob_id: int, reader: blobs.BlobReader, event_id: str) -> bytes | None:
+    """The bytes of the SQLite raw blob of event ``event_id`` (``None`` when it or a blob it needs is
+    missing or damaged)."""
+    del conn  # the reader holds its connection
+    try:
+        return reader.read(blob_id, event_id)
+    except (LookupError, ValueError):
+        return None
 
 
 _RECORD_COLUMNS = ("id", "event_id", "received_at", "time", *TEXT_FIELDS, *LIST_FIELDS)
@@ -224,7 +233,7 @@ _RECORD_COLUMNS = ("id", "event_id", "received_at", "time", *TEXT_FIELDS, *LIST_
 #: removed event would show another one; a writer's cached delta base would change under it). Ids are
 #: never reused.
 _NOT_NEWEST = (
-    " AND id < (SELECT max(id) FROM events) AND (raw_id IS NULL OR raw_id < (SELECT max(id) FROM raw))"
+    " AND id < (SELECT max(id) FROM event_rows) AND (raw_id IS NULL OR raw_id < (SELECT max(id) FROM raw))"
 )
 
 
@@ -276,8 +285,10 @@ class _SqliteRetention:
             if not rows:
                 conn.execute("COMMIT")
                 return False
-            cache: dict[int, bytes] = {}
+            cache = sqlite_reader(conn)
+            cut_from = fts_cut_from(conn)
             ids = []
+            records: list[AuditRecord] = []
             blobs_of: dict[int, str | None] = {}
             for row in rows:
                 values = dict(zip(_RECORD_COLUMNS, row[:-1], strict=True))
@@ -287,11 +298,14 @@ class _SqliteRetention:
                 raw_id = row[-1]
                 assert rec.id is not None
                 ids.append(rec.id)
-                raw = sqlite_blob(conn, raw_id, cache) if raw_id is not None else None
+                records.append(rec)
+                raw = sqlite_blob(conn, raw_id, cache, rec.event_id) if raw_id is not None else None
                 text = recompute_text(rec, raw)
                 if text is None:
                     self.rebuild = True
                 elif text:
+                    if rec.id >= cut_from:
+                        text = fts_text(text, rec.event_id)
                     conn.execute(
                         "INSERT INTO events_fts(events_fts, rowid, text) VALUES ('delete', ?, ?)",
                         (rec.id, text),
@@ -299,8 +313,17 @@ class _SqliteRetention:
                 if raw_id is not None:
                     blobs_of[raw_id] = rec.execution_id
             marks = ", ".join("?" for _ in ids)
-            conn.execute(f"DELETE FROM event_tags WHERE event_row IN ({marks})", ids)
-            conn.execute(f"DELETE FROM events WHERE id IN ({marks})", ids)
+            conn.executemany(
+                "DELETE FROM tag_rows WHERE tag = (SELECT id FROM strings WHERE value = ?)"
+                " AND time = ? AND event_row = ?",
+                [
+                    (f"{kind}:{value}", rec.time, rec.id)
+                    for rec in records
+                    for kind, name in LIST_FILTERS.items()
+                    for value in dict.fromkeys(getattr(rec, name))
+                ],
+            )
+            conn.execute(f"DELETE FROM event_rows WHERE id IN ({marks})", ids)
             if conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'integrity_leaves'"
             ).fetchone():
@@ -327,8 +350,10 @@ class _SqliteRetention:
     def _delete_blobs(conn: Any, first: dict[int, str | None]) -> int:
         """Delete the blobs of removed events that nothing refers to any more, then their bases likewise.
 
-        ``first`` maps the blobs of the events just removed to their execution; bases belong to the same
-        execution (that is what a delta chain is), so "is an event still using it" is an indexed lookup.
+        ``first`` maps the blobs of the events just removed to their execution. A blob written as part of a
+        zstd stream names its event (``event_row``); an older delta blob does not, but its bases belong to
+        the same execution (that is what a delta chain is): either way "is an event still using it" is an
+        indexed lookup.
         """
         removed = 0
         newest = conn.execute("SELECT max(id) FROM raw").fetchone()[0]
@@ -339,21 +364,33 @@ class _SqliteRetention:
                 if bid == newest:
                     continue  # kept so that its id is never handed to a new blob (see _delete_batch)
                 if conn.execute("SELECT 1 FROM raw WHERE base_id = ? LIMIT 1", (bid,)).fetchone():
-                    continue  # the base of a surviving blob: it goes with its last dependent
-                if not own_event_gone and (
-                    exe is None
-                    or conn.execute(
-                        "SELECT 1 FROM events WHERE execution_id = ? AND raw_id = ? LIMIT 1", (exe, bid)
-                    ).fetchone()
-                ):
-                    continue
-                row = conn.execute("SELECT codec, base_id FROM raw WHERE id = ?", (bid,)).fetchone()
+                    continue  # needed by a surviving blob: it goes with its last dependent
+                row = conn.execute(
+                    "SELECT codec, base_id, event_row FROM raw WHERE id = ?", (bid,)
+                ).fetchone()
                 if row is None:
                     continue
+                codec, base_id, event_row = row
+                if not own_event_gone:
+                    if event_row is not None:
+                        in_use = conn.execute(
+                            "SELECT 1 FROM event_rows WHERE id = ? AND raw_id = ?", (event_row, bid)
+                        ).fetchone()
+                    else:
+                        in_use = (
+                            exe is None
+                            or conn.execute(
+                                "SELECT 1 FROM event_rows WHERE raw_id = ? AND execution_id ="
+                                " (SELECT id FROM strings WHERE value = ?) LIMIT 1",
+                                (bid, exe),
+                            ).fetchone()
+                        )
+                    if in_use:
+                        continue
                 conn.execute("DELETE FROM raw WHERE id = ?", (bid,))
                 removed += 1
-                if row[0] == blobs.CODEC_ZSTD_DELTA and row[1] is not None:
-                    nxt[row[1]] = (exe, False)
+                if codec in blobs.CHAINED and base_id is not None:
+                    nxt[base_id] = (exe, False)
             frontier = nxt
         return removed
 
@@ -366,8 +403,10 @@ class _SqliteRetention:
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute("INSERT INTO events_fts(events_fts) VALUES ('delete-all')")
+            # Every entry is made anew, the way the store makes new ones.
+            conn.execute("UPDATE store_meta SET value = 0 WHERE name = 'fts_event_id_cut_from'")
             last = -1
-            cache: dict[int, bytes] = {}
+            cache = sqlite_reader(conn)
             while True:
                 rows = conn.execute(
                     f"SELECT {cols}, raw_id FROM events WHERE id > ? ORDER BY id LIMIT 1000", (last,)
@@ -379,15 +418,14 @@ class _SqliteRetention:
                     for name in LIST_FIELDS:
                         values[name] = json.loads(values[name])
                     rec = AuditRecord(**values)
-                    raw = sqlite_blob(conn, row[-1], cache) if row[-1] is not None else None
+                    raw = sqlite_blob(conn, row[-1], cache, rec.event_id) if row[-1] is not None else None
                     text = recompute_text(rec, raw)
                     if text is None:
                         text = fulltext.index_text(rec, {})
                     if text:
+                        text = fts_text(text, rec.event_id)
                         conn.execute("INSERT INTO events_fts(rowid, text) VALUES (?, ?)", (rec.id, text))
                     last = rec.id or last
-                if len(cache) > 20000:
-                    cache.clear()
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(Exception):

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from spintrail import fulltext
 from spintrail.record import LIST_FIELDS, TEXT_FIELDS, AuditRecord
-from spintrail.retention import recompute_text, sqlite_blob
+from spintrail.retention import recompute_text, sqlite_blob, sqlite_reader
 from spintrail.store import PreparedEvent, Store, StoreError
+from spintrail.store.blobs import BlobReader
 
 REPORT_COLUMNS = ("source_events", "copied", "already_there", "target_events", "seconds")
 _COLUMNS = ("id", "event_id", "received_at", "time", *TEXT_FIELDS, *LIST_FIELDS)
@@ -61,7 +61,7 @@ def iter_events(store: Store, batch: int = 500) -> Iterator[list[tuple[AuditReco
 
 def _iter_sqlite(store: Any, batch: int) -> Iterator[list[tuple[AuditRecord, bytes | None]]]:
     conn = store.connect()
-    cache: OrderedDict[int, bytes] = OrderedDict()
+    cache = sqlite_reader(conn)
     cols = ", ".join(f'"{c}"' for c in _COLUMNS)
     try:
         after = 0
@@ -77,19 +77,18 @@ def _iter_sqlite(store: Any, batch: int) -> Iterator[list[tuple[AuditRecord, byt
                 for name in LIST_FIELDS:
                     values[name] = json.loads(values[name])
                 rec = AuditRecord(**values)
-                out.append((rec, _sqlite_blob(conn, row[-1], cache) if row[-1] is not None else None))
+                raw = _sqlite_blob(conn, row[-1], cache, rec.event_id) if row[-1] is not None else None
+                out.append((rec, raw))
             yield out
             after = rows[-1][0]
     finally:
         conn.close()
 
 
-def _sqlite_blob(conn: Any, blob_id: int, cache: OrderedDict[int, bytes]) -> bytes:
-    out = sqlite_blob(conn, blob_id, cache)
+def _sqlite_blob(conn: Any, blob_id: int, cache: BlobReader, event_id: str) -> bytes:
+    out = sqlite_blob(conn, blob_id, cache, event_id)
     if out is None:
         raise TransferError(f"raw blob {blob_id} is missing in the source: the source store is damaged")
-    while len(cache) > 4096:
-        cache.popitem(last=False)
     return out
 
 

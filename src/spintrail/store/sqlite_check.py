@@ -5,9 +5,12 @@ stopping ingest and without taking the write lock. Checks, in order:
 
 - ``integrity_check``: SQLite's ``PRAGMA integrity_check`` (``quick_check`` with ``quick``): pages, b-trees,
   indexes, UNIQUE and NOT NULL constraints;
-- ``event_raw``: every event has its raw blob, and every raw blob belongs to exactly one event;
-- ``delta_base``: every delta blob's base exists and is older than the blob (no cycles);
+- ``event_raw``: every event has its raw blob, and every raw blob belongs to exactly one event (or, once
+  retention removed its event, is still needed by a later blob of its frame or chain);
+- ``delta_base``: every delta blob's base, and every stream blob's predecessor in its frame, exists and is
+  older than the blob (no cycles);
 - ``raw_sha256``: every raw blob decompresses to its recorded size and SHA-256 (skipped with ``quick``);
+- ``strings``: every text value an event names (by id) is stored;
 - ``tags``: the tag index holds exactly each event's list values (accounts, regions, ...), at its time;
 - ``fulltext``: the full-text index can be read end to end and indexes no row that is not an event
   (skipped with ``quick``).
@@ -19,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections import OrderedDict
 from collections.abc import Callable
 
 from spintrail.query import LIST_FILTERS
@@ -61,12 +63,16 @@ def check_sqlite(
     try:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # start the snapshot now
         _integrity(conn, report, quick)
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = {
+            r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+        }
         if {"events", "raw", "event_tags"} <= tables:
             _event_raw(conn, report)
             _delta_base(conn, report)
             if not quick:
                 _raw_sha256(conn, report, progress)
+            if "event_rows" in tables:
+                _strings(conn, report)
             _tags(conn, report)
             if "events_fts" in tables and not quick:
                 _fulltext(conn, report)
@@ -103,8 +109,11 @@ def _event_raw(conn: sqlite3.Connection, report: CheckReport) -> None:
     ):
         listing.add(f"raw blob {raw_id} is shared by {n} events")
     for (raw_id,) in conn.execute(
-        # NOT IN builds one temporary index of the subquery (events.raw_id has none): O(n log n).
+        # NOT IN builds one temporary index of the subquery (events.raw_id has none): O(n log n). A blob
+        # whose event retention removed stays while a later blob of its frame (or a delta) needs it.
         "SELECT id FROM raw WHERE id NOT IN (SELECT raw_id FROM events WHERE raw_id IS NOT NULL)"
+        " AND (id NOT IN (SELECT base_id FROM raw WHERE base_id IS NOT NULL)"
+        "      OR event_row IN (SELECT id FROM events))"
     ):
         listing.add(f"raw blob {raw_id} belongs to no event")
     listing.close()
@@ -113,12 +122,13 @@ def _event_raw(conn: sqlite3.Connection, report: CheckReport) -> None:
 def _delta_base(conn: sqlite3.Connection, report: CheckReport) -> None:
     listing = _Listing(report, "delta_base")
     report.checks["delta_base"] = conn.execute(
-        "SELECT count(*) FROM raw WHERE codec = ?", (blobs.CODEC_ZSTD_DELTA,)
+        "SELECT count(*) FROM raw WHERE codec IN (?, ?)", blobs.CHAINED
     ).fetchone()[0]
     for id_, base_id in conn.execute(
         "SELECT r.id, r.base_id FROM raw r LEFT JOIN raw b ON b.id = r.base_id"
-        " WHERE r.codec = ? AND (b.id IS NULL OR r.base_id >= r.id)",
-        (blobs.CODEC_ZSTD_DELTA,),
+        " WHERE (r.codec = ? AND (b.id IS NULL OR r.base_id >= r.id))"
+        " OR (r.codec = ? AND r.base_id IS NOT NULL AND (b.id IS NULL OR r.base_id >= r.id))",
+        blobs.CHAINED,
     ):
         if base_id is None:
             listing.add(f"delta blob {id_} names no base")
@@ -127,33 +137,10 @@ def _delta_base(conn: sqlite3.Connection, report: CheckReport) -> None:
         else:
             listing.add(f"delta blob {id_} has base {base_id}, which does not exist")
     for id_, codec in conn.execute(
-        "SELECT id, codec FROM raw WHERE codec NOT IN (?, ?, ?)",
-        (blobs.CODEC_PLAIN, blobs.CODEC_ZSTD, blobs.CODEC_ZSTD_DELTA),
+        f"SELECT id, codec FROM raw WHERE codec NOT IN ({', '.join('?' for _ in blobs.CODECS)})", blobs.CODECS
     ):
         listing.add(f"raw blob {id_} has unknown codec {codec}")
     listing.close()
-
-
-class _Decoded:
-    """Recently decompressed blobs, so a delta chain is decompressed once while blobs are read in order."""
-
-    def __init__(self, max_bytes: int = 64 << 20) -> None:
-        self._items: OrderedDict[int, bytes] = OrderedDict()
-        self._bytes = 0
-        self.max_bytes = max_bytes
-
-    def get(self, id_: int) -> bytes | None:
-        data = self._items.get(id_)
-        if data is not None:
-            self._items.move_to_end(id_)
-        return data
-
-    def put(self, id_: int, data: bytes) -> None:
-        self._items[id_] = data
-        self._bytes += len(data)
-        while self._bytes > self.max_bytes and len(self._items) > 1:
-            _, old = self._items.popitem(last=False)
-            self._bytes -= len(old)
 
 
 def _raw_sha256(
@@ -162,39 +149,51 @@ def _raw_sha256(
     listing = _Listing(report, "raw_sha256")
     total = conn.execute("SELECT count(*) FROM raw").fetchone()[0]
     report.checks["raw_sha256"] = total
-    decoded = _Decoded()
-    reader = conn.cursor()
+    fetcher = conn.cursor()
 
-    def load(id_: int, depth: int = 0) -> bytes:
-        data = decoded.get(id_)
-        if data is not None:
-            return data
-        row = reader.execute("SELECT codec, data, size, base_id FROM raw WHERE id = ?", (id_,)).fetchone()
-        if row is None:
-            raise LookupError(f"base blob {id_} is missing")
-        if depth > blobs.MAX_CHAIN * 4:
-            raise LookupError("delta chain is too long (a cycle?)")
-        codec, blob, size, base_id = row
-        base = load(base_id, depth + 1) if codec == blobs.CODEC_ZSTD_DELTA and base_id is not None else None
-        out = blobs.decompress(codec, blob, size, base)
-        decoded.put(id_, out)
-        return out
+    def fetch(id_: int) -> blobs.Row | None:
+        row = fetcher.execute("SELECT codec, data, size, base_id FROM raw WHERE id = ?", (id_,)).fetchone()
+        return (row[0], row[1], row[2], row[3]) if row else None
 
-    rows = conn.execute("SELECT id, codec, data, size, sha256, base_id FROM raw ORDER BY id")
-    for done, (id_, codec, blob, size, sha, base_id) in enumerate(rows, start=1):
+    # Blobs are read in id order, so the reader decompresses each stream frame and delta chain once.
+    def dictionary(dict_id: int) -> bytes | None:
+        row = fetcher.execute("SELECT data FROM raw_dicts WHERE dict_id = ?", (dict_id,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    reader = blobs.BlobReader(fetch, dictionary=dictionary)
+    # A stream block leaves its event id out: it is read with the id of the event that names it. A blob kept
+    # after retention removed its event (a later blob of its frame needs it) is only decompressed.
+    rows = conn.execute(
+        "SELECT r.id, r.sha256, e.event_id FROM raw r"
+        " LEFT JOIN events e ON e.id = r.event_row AND e.raw_id = r.id ORDER BY r.id"
+    )
+    for done, (id_, sha, event_id) in enumerate(rows, start=1):
         try:
-            base = load(base_id) if codec == blobs.CODEC_ZSTD_DELTA and base_id is not None else None
-            out = blobs.decompress(codec, blob, size, base)
+            out = reader.read(id_, event_id)
+        except blobs.NeedsEventId:
+            pass
         except Exception as exc:  # zstd errors, missing bases, unknown codecs: all reported the same way
             listing.add(f"raw blob {id_} cannot be decompressed: {exc}")
         else:
-            decoded.put(id_, out)
-            if len(out) != size:
-                listing.add(f"raw blob {id_} decompresses to {len(out)} bytes, {size} recorded")
-            elif hashlib.sha256(out).digest() != bytes(sha):
+            if hashlib.sha256(out).digest() != bytes(sha):
                 listing.add(f"raw blob {id_} does not match its recorded SHA-256")
         if progress is not None and (done % 1000 == 0 or done == total):
             progress(done, total)
+    listing.close()
+
+
+def _strings(conn: sqlite3.Connection, report: CheckReport) -> None:
+    from spintrail.store.sqlite import _INTERNED
+
+    listing = _Listing(report, "strings")
+    report.checks["strings"] = conn.execute("SELECT count(*) FROM strings").fetchone()[0]
+    missing = " OR ".join(
+        f'(r."{c}" IS NOT NULL AND NOT EXISTS (SELECT 1 FROM strings s WHERE s.id = r."{c}"))'
+        for c in _INTERNED
+    )
+    for (id_,) in conn.execute(f"SELECT r.id FROM event_rows r WHERE {missing}"):
+        event_id = conn.execute("SELECT event_id FROM events WHERE id = ?", (id_,)).fetchone()[0]
+        listing.add(f"event {id_} ({event_id}) names a text value that is not stored")
     listing.close()
 
 
