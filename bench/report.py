@@ -175,6 +175,7 @@ HOW_TO_RUN = [
     "python bench/run.py                      # longer ingest runs, best of two",
     "python bench/run.py --full               # also storage, queries and memory at 1M events",
     "python bench/run.py --quick --profile    # and a py-spy profile of every ingest target missed",
+    "python bench/run.py --full --ingest-mode quick --profile --query-db /var/tmp/q1m.db   # as published",
     "python bench/run.py --database postgresql://user@127.0.0.1/postgres   # the same on PostgreSQL",
     "python bench/run.py --only ingest --scenarios mix,large --out /tmp/report.md",
     "python bench/profile.py mix              # one traffic, profiled by hand (top frames printed)",

@@ -16,6 +16,7 @@ drops its own databases on that server). The server under test is pinned to CPU 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -102,6 +103,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seconds", type=float, help="length of each measured ingest run")
     parser.add_argument(
+        "--ingest-mode",
+        choices=["smoke", "quick", "default", "full"],
+        help="run the ingest part as this mode does (run length, repeats, request pools), e.g. "
+        "--full --ingest-mode quick for the 1M-event parts with short ingest runs",
+    )
+    parser.add_argument(
         "--query-db",
         help="database filled by an earlier run to reuse for queries and memory: a SQLite file, or a "
         "postgresql:// URL naming a database on that server (filled and kept when it does not exist yet)",
@@ -127,6 +134,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     mode = MODES["smoke" if args.smoke else "quick" if args.quick else "full" if args.full else "default"]
+    if args.ingest_mode:
+        ingest_mode = MODES[args.ingest_mode]
+        mode = dataclasses.replace(
+            mode,
+            seconds=ingest_mode.seconds,
+            repeats=ingest_mode.repeats,
+            small=ingest_mode.small,
+            mix=ingest_mode.mix,
+            large=ingest_mode.large,
+            probe=ingest_mode.probe,
+            batch=ingest_mode.batch,
+        )
     if args.seconds:
         mode.seconds = args.seconds
     if procs.have_taskset():
