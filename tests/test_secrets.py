@@ -394,6 +394,34 @@ def test_raw_events_keep_is_exact_and_drop_keeps_nothing(tmp_path: Path) -> None
         store.close()
 
 
+def test_the_hash_index_keeps_16_bytes_and_still_finds_older_full_entries(tmp_path: Path) -> None:
+    import sqlite3
+
+    from spintrail import scrub
+
+    db = tmp_path / "h.db"
+    store = SqliteStore(db)
+    ingestor = Ingestor(Settings(database=str(db)), store)
+    events = (pipeline_event(1), pipeline_event(2))
+    results = store.append([ingestor.prepare(IncomingEvent(e, json.dumps(e).encode())) for e in events])
+    hashed = ingestor.scrubber.hash_value(TRIGGER_SECRET)
+    conn = sqlite3.connect(db)
+    digests = {len(d) for (d,) in conn.execute("SELECT digest FROM redacted_values")}
+    assert digests == {scrub.DIGEST_BYTES}
+    # An entry as written before: all 32 bytes of the HMAC.
+    conn.execute("DELETE FROM redacted_values WHERE event_row = ?", (results[1].id,))
+    conn.execute(
+        "INSERT INTO redacted_values(digest, event_row) VALUES (?, ?)",
+        (bytes.fromhex(hashed.removeprefix("hmac-sha256:")), results[1].id),
+    )
+    conn.commit()
+    assert scrub.records_with(conn, hashed) == [results[0].id, results[1].id]
+    assert scrub.records_with(conn, ingestor.scrubber.hash_value("never-planted")) == []
+    conn.close()
+    ingestor.trust.close()
+    store.close()
+
+
 # --------------------------------------------------------------------------------------------- property
 
 _SECRET_KEYS = [

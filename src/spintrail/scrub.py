@@ -337,8 +337,13 @@ MIGRATIONS: dict[str, list[tuple[int, str]]] = {
 }
 
 
+#: Bytes of a value's HMAC the index keeps: 128 bits tell values apart as well as the whole 256 (a wrong
+#: match would need a collision of an installation's own keyed hashes), at half the size per entry.
+DIGEST_BYTES = 16
+
+
 def _digest(hashed: str) -> bytes:
-    return bytes.fromhex(hashed.removeprefix("hmac-sha256:"))
+    return bytes.fromhex(hashed.removeprefix("hmac-sha256:"))[:DIGEST_BYTES]
 
 
 def index_hook(conn: Any, written: list[Any]) -> None:
@@ -360,7 +365,8 @@ def records_with(conn: Any, hashed: str, *, limit: int = 1000) -> list[int]:
         int(r[0])
         for r in dbutil.rows(
             conn,
-            "SELECT event_row FROM redacted_values WHERE digest = ? ORDER BY event_row LIMIT ?",
-            (_digest(hashed), limit),
+            # Entries written before the index kept 16 bytes hold all 32.
+            "SELECT event_row FROM redacted_values WHERE digest IN (?, ?) ORDER BY event_row LIMIT ?",
+            (_digest(hashed), bytes.fromhex(hashed.removeprefix("hmac-sha256:")), limit),
         )
     ]
