@@ -257,7 +257,7 @@ def run_storage(report: Report, be: Backend, mode: Mode, args: argparse.Namespac
                     f"queries and memory ran on a reused database of {held:,} events"
                     f" (this mode fills {count:,})"
                 )
-            fill_record = _fill_record(keep)
+            fill_record = _fill_record(keep, args.cache)
             if "storage" in args.parts and fill_record.exists() and held == count:
                 # The fill's own figures (raw bytes sent, sampled hashes) were kept beside the database.
                 res = storage.measure(keep, json.loads(fill_record.read_text()))
@@ -276,8 +276,10 @@ def run_storage(report: Report, be: Backend, mode: Mode, args: argparse.Namespac
                 f"the fill of {count:,} events stopped after --fill-minutes {args.fill_minutes:g}:"
                 f" the database holds {loaded['events']:,}"
             )
-        if keep and not is_postgres(keep) and not loaded.get("stopped_early"):
-            _fill_record(keep).write_text(json.dumps(loaded))
+        if keep and not loaded.get("stopped_early"):
+            record = _fill_record(keep, args.cache)
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps(loaded))
         if "storage" in args.parts:
             res = storage.measure(database, loaded)
             report.storage.append(res)
@@ -295,8 +297,11 @@ def run_storage(report: Report, be: Backend, mode: Mode, args: argparse.Namespac
     return query_db
 
 
-def _fill_record(database: str) -> Path:
-    """Where the figures of a kept SQLite query database's fill are kept (so a reuse can measure it)."""
+def _fill_record(database: str, cache: Path) -> Path:
+    """Where the figures of a kept query database's fill are kept (so a reuse can measure its storage):
+    beside a SQLite file, in the cache for a PostgreSQL database (by its name)."""
+    if is_postgres(database):
+        return cache / "fills" / (database.rsplit("/", 1)[-1].split("?")[0] + ".json")
     return Path(database + ".fill.json")
 
 
