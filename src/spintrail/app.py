@@ -52,6 +52,7 @@ def create_app(
                 pool_size=settings.postgres_pool_size,
             )
         app.state.store.commit_observer = metrics.observe_commit
+        app.state.store.commit_wait = settings.commit_wait_ms / 1000
         metrics.watch(app.state.store, app.state.inflight)
         app.state.ingestor = Ingestor(settings, app.state.store)
         # Before the checkpointer starts, so the first signed checkpoint is forwarded too.

@@ -35,6 +35,7 @@ from spintrail.guard import INFLIGHT_STATE_KEY, OverBudget, Reservation
 from spintrail.ingest import Ingestor
 from spintrail.metrics import Metrics
 from spintrail.store import PreparedEvent, StoreFull, StoreOverloaded, StoreUnavailable
+from spintrail.store.base import Arrival
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +151,14 @@ def request_instance(request: Request) -> str | None:
     return value.strip() or None if value else None
 
 
-async def store_prepared(request: Request, prepared: list[PreparedEvent]) -> dict[str, Any]:
-    """Submit prepared events to the store, wait for the commit, and count the outcome."""
+async def store_prepared(
+    request: Request, prepared: list[PreparedEvent], arrival: Arrival | None = None
+) -> dict[str, Any]:
+    """Submit prepared events to the store, wait for the commit, and count the outcome.
+
+    ``arrival`` (from ``Store.arrival``, taken when the request began) is done once the events are
+    submitted: from then on the writer need not wait for this request.
+    """
     store = request.app.state.store
     metrics: Metrics = request.app.state.metrics
     refusal = auth.ingest_refusal(request, [p.record.application for p in prepared])
@@ -168,6 +175,9 @@ async def store_prepared(request: Request, prepared: list[PreparedEvent]) -> dic
         ) from None
     except StoreUnavailable as exc:
         raise RequestRejected(503, "store_unavailable", str(exc), {"Retry-After": "5"}) from None
+    finally:
+        if arrival is not None:
+            arrival.done()
     metrics.queue.set(store.pending)
     try:
         results = await asyncio.wrap_future(future)
@@ -231,6 +241,7 @@ async def receive_events(request: Request) -> JSONResponse:
     metrics: Metrics = request.app.state.metrics
     ingestor: Ingestor = request.app.state.ingestor
     reservation = request_reservation(request)
+    arrival = ingestor.store.arrival()  # a group commit may wait for this request's events
     try:
         body = await read_body(request, request.app.state.settings.max_body_bytes)
         instance = request_instance(request)
@@ -244,11 +255,12 @@ async def receive_events(request: Request) -> JSONResponse:
             return [ingestor.prepare(e, received_at=received_at, instance=instance) for e in incoming]
 
         prepared = await run_in_threadpool(prepare) if len(body) > _THREAD_THRESHOLD else prepare()
-        answer = await store_prepared(request, prepared)
+        answer = await store_prepared(request, prepared, arrival)
     except RequestRejected as exc:
         metrics.rejected.labels(exc.reason).inc()
         return exc.response()
     finally:
+        arrival.done()
         reservation.release()
     return JSONResponse(answer)
 

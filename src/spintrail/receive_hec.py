@@ -41,6 +41,7 @@ from spintrail.metrics import Metrics
 from spintrail.receive import RequestRejected, read_body, request_instance, store_prepared
 from spintrail.splunk import HEC_CODES, HecError, check_token, parse_hec_events
 from spintrail.store import PreparedEvent
+from spintrail.store.base import Arrival
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +154,17 @@ def hec_events(body: bytes) -> list[tuple[IncomingEvent, str | None]]:
 
 async def receive_hec(request: Request) -> JSONResponse:
     """Store the echo events of a Splunk HEC request; answers like Splunk, after the commit."""
+    ingestor: Ingestor = request.app.state.ingestor
+    arrival = ingestor.store.arrival()  # a group commit may wait for this request's events
+    try:
+        return await _receive_hec(request, ingestor, arrival)
+    finally:
+        arrival.done()
+
+
+async def _receive_hec(request: Request, ingestor: Ingestor, arrival: Arrival) -> JSONResponse:
     metrics: Metrics = request.app.state.metrics
     settings = request.app.state.settings
-    ingestor: Ingestor = request.app.state.ingestor
     try:
         check_token(authorization(request.headers.get("authorization")), settings.hec_tokens)
         try:
@@ -177,7 +186,7 @@ async def receive_hec(request: Request) -> JSONResponse:
 
         prepared = await run_in_threadpool(prepare) if len(body) > _THREAD_THRESHOLD else prepare()
         try:
-            await store_prepared(request, prepared)
+            await store_prepared(request, prepared, arrival)
         except RequestRejected as exc:
             metrics.rejected.labels(f"hec_{exc.reason}").inc()
             log.warning("HEC request not stored: %s", exc.message)

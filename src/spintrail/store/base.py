@@ -17,6 +17,8 @@ import dataclasses
 import functools
 import inspect
 import itertools
+import queue
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -274,6 +276,22 @@ _SCOPED_BY_NAME: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] =
 }
 
 
+class Arrival:
+    """A request's events on their way to ``Store.submit`` (see ``Store.arrival``)."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: Store) -> None:
+        self._store: Store | None = store
+        store._count_arriving(1)
+
+    def done(self) -> None:
+        """The events are submitted, or will not be (idempotent)."""
+        if self._store is not None:
+            self._store._count_arriving(-1)
+            self._store = None
+
+
 class Store(abc.ABC):
     """An append-only event store. Writes are group-committed by one writer; reads run concurrently.
 
@@ -301,6 +319,40 @@ class Store(abc.ABC):
     def __init__(self) -> None:
         self.write_hooks: list[WriteHook] = []
         self.check_hooks: list[CheckHook] = []
+        #: Seconds the writer may hold a group commit open for events that requests are still preparing.
+        self.commit_wait = 0.0
+        self._arriving = 0
+        self._arriving_lock = threading.Lock()
+
+    def arrival(self) -> Arrival:
+        """Mark a request whose events are on their way to ``submit`` (its body being read and prepared)
+        until ``Arrival.done`` (call it once they are submitted, or the request fails).
+
+        A commit costs the CPU of several events (a page of every index, the log, the WAL), so a writer
+        gathering a group commit waits for such requests, up to ``commit_wait`` seconds, instead of
+        committing the few events already queued; with none arriving it commits at once.
+        """
+        return Arrival(self)
+
+    def _count_arriving(self, n: int) -> None:
+        with self._arriving_lock:
+            self._arriving += n
+
+    def next_job(self, jobs: queue.Queue[Any], deadline: float) -> Any:
+        """The next queued job for the group commit being gathered, or ``None`` to commit now: when nothing
+        is queued and no request is arriving, or at ``deadline`` (``time.monotonic``)."""
+        while True:
+            try:
+                return jobs.get_nowait()
+            except queue.Empty:
+                pass
+            left = deadline - time.monotonic()
+            if self._arriving <= 0 or left <= 0:
+                return None
+            try:
+                return jobs.get(timeout=min(left, 0.001))
+            except queue.Empty:
+                continue
 
     @abc.abstractmethod
     def submit(self, items: Sequence[PreparedEvent]) -> Future[list[AppendResult]]:

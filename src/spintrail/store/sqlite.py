@@ -474,10 +474,10 @@ class SqliteStore(Store):
                 break
             jobs: list[_Job] = [first]
             count = len(first.items)
+            deadline = time.monotonic() + self.commit_wait
             while count < self.batch_max:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
+                nxt = self.next_job(self._queue, deadline)
+                if nxt is None:
                     break
                 if nxt is _STOP:
                     stop = True
