@@ -384,3 +384,38 @@ def test_retention_keeps_the_tamper_evident_log_verifiable(
     # SQLite keeps its newest event until a newer one arrives (ids are never reused): 3 or 4 removed.
     assert report["leaves"] == 4 and report["content_removed"] >= 3
     assert report["content_removed"] + report["records_checked"] == 4
+
+
+def test_sqlite_retention_takes_the_text_values_of_removed_events_along(tmp_path: Path) -> None:
+    """Values are stored once (``strings``): those only removed events used must not outlive them."""
+    import re
+
+    from spintrail.store import open_store
+
+    store = open_store(str(tmp_path / "s.db"))
+
+    def values() -> set[str]:
+        conn = store.connect()  # type: ignore[attr-defined]
+        try:
+            return {v for (v,) in conn.execute("SELECT value FROM strings")}
+        finally:
+            conn.close()
+
+    try:
+        ingest(store, [build_event(1, NOW - 500 * DAY), build_event(2, NOW - 10 * DAY)])
+        fresh(store)
+        old_only = {v for v in values() if re.search(r"checkout-build-1(?!\d)", v)}
+        kept = {v for v in values() if re.search(r"checkout-build-2(?!\d)", v)}
+        assert old_only and kept
+        report = retention.run(store, Policy(), now_ms=NOW)
+        assert report.events["other"] == 1 and report.strings_removed >= len(old_only)
+        assert not old_only & values() and kept <= values()
+        # The writer forgot the removed ids: the same values stored again read back as themselves.
+        (again,) = ingest(store, [build_event(1, NOW - 5 * DAY)])
+        found = store.search(Filters.from_params({"q": "checkout-build-1"})).records
+        assert again.id in [r.id for r in found]
+        record = json.dumps(store.get(again.id).to_api())  # type: ignore[union-attr]
+        assert re.search(r"checkout-build-1(?!\d)", record)
+        assert old_only <= values()
+    finally:
+        store.close()

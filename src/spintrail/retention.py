@@ -124,6 +124,7 @@ class Report:
     raw_blobs: int | None = 0
     partitions_dropped: list[str] = field(default_factory=list)
     fts_rebuilt: bool = False
+    strings_removed: int = 0  # SQLite: text values no remaining event refers to
     seconds: float = 0.0
 
     @property
@@ -270,6 +271,9 @@ class _SqliteRetention:
                 self.report.fts_rebuilt = True
         finally:
             conn.close()
+        if not self.report.dry_run and self.report.total:
+            # The text values (users, descriptions, ...) of the removed events go with them.
+            self.report.strings_removed = self.store.purge_strings()
 
     def _delete_batch(self, conn: Any, cls: str, cutoff: int, cond: str, args: list[Any]) -> bool:
         import json

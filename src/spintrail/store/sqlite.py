@@ -349,6 +349,13 @@ class _Job:
 
 _STOP = object()
 
+
+@dataclass
+class _Purge:
+    """A request to the writer: remove the strings no row or tag refers to any more (after retention)."""
+
+    future: Future[int] = field(default_factory=Future)
+
 #: Bytes the WAL is cut back to after a checkpoint (SQLite ``journal_size_limit``).
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
@@ -472,6 +479,10 @@ class SqliteStore(Store):
             first = self._queue.get()
             if first is _STOP:
                 break
+            if isinstance(first, _Purge):
+                self._purge_strings(conn, first)
+                continue
+            held: _Purge | None = None
             jobs: list[_Job] = [first]
             count = len(first.items)
             deadline = time.monotonic() + self.commit_wait
@@ -481,6 +492,9 @@ class SqliteStore(Store):
                     break
                 if nxt is _STOP:
                     stop = True
+                    break
+                if isinstance(nxt, _Purge):
+                    held = nxt  # after this group's commit
                     break
                 jobs.append(nxt)
                 count += len(nxt.items)
@@ -499,7 +513,41 @@ class SqliteStore(Store):
                 self._ids.clear()
                 conn = self._writer_connection()
                 self._load_dictionary(conn)
+            if held is not None:
+                self._purge_strings(conn, held)
         conn.close()
+
+    def purge_strings(self) -> int:
+        """Remove the text values no event or tag refers to any more (retention calls this after it removed
+        events, so that their users, descriptions and other values do not outlive them); returns how many.
+
+        It runs in the writer, between group commits, so that no event being written can refer to a value
+        as it is removed; the value with the highest id is always kept, so ids are never reused.
+        """
+        job = _Purge()
+        with self._lock:
+            if self._closed:
+                raise StoreUnavailable("the store is shutting down")
+            self._queue.put(job)  # under the lock: never behind the writer's stop
+        return job.future.result()
+
+    def _purge_strings(self, conn: sqlite3.Connection, job: _Purge) -> None:
+        refs = " UNION ".join(f'SELECT "{c}" FROM event_rows WHERE "{c}" IS NOT NULL' for c in _INTERNED)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            removed = conn.execute(
+                f"DELETE FROM strings WHERE id < (SELECT max(id) FROM strings) AND id NOT IN ({refs}"
+                " UNION SELECT tag FROM tag_rows)"
+            ).rowcount
+            conn.execute("COMMIT")
+        except Exception as exc:  # the writer goes on; retention reports the failure
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            job.future.set_exception(_store_error(exc) if isinstance(exc, sqlite3.Error) else exc)
+            return
+        finally:
+            self._ids.clear()  # its ids may be gone: the writer looks values up again
+        job.future.set_result(removed)
 
     def _writer_connection(self) -> sqlite3.Connection:
         while True:
