@@ -56,7 +56,7 @@ import binascii
 import hmac
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 __all__ = ["DEFAULT_SECRET_KEY_PATTERNS", "HASH_PREFIX", "Redactor"]
@@ -287,20 +287,7 @@ class Redactor:
         plain = self._plain
         count = 0
         if type(value) is list:
-            changed: dict[Any, Any] | None = None
-            for i, v in enumerate(value):
-                t = type(v)
-                if t is dict or t is list:
-                    new, n = self._shared(v, depth + 1)
-                elif t in _SCALARS or not isinstance(v, dict | list | tuple):
-                    continue
-                else:
-                    new, n = self._walk(v, _CTX_NORMAL)
-                if new is not v:
-                    count += n
-                    if changed is None:
-                        changed = {}
-                    changed[i] = new
+            changed, count = self._changed_children(enumerate(value), depth)
             if changed is None:
                 return value, 0
             out_list = list(value)
@@ -310,20 +297,7 @@ class Redactor:
         name = value.get("name")
         secret_name_pair = type(name) is str and self._classify(name) == _SECRET
         if not secret_name_pair and value.keys() <= plain:
-            changed = None
-            for k, v in value.items():
-                t = type(v)
-                if t is dict or t is list:
-                    new, n = self._shared(v, depth + 1)
-                elif t in _SCALARS or not isinstance(v, dict | list | tuple):
-                    continue
-                else:
-                    new, n = self._walk(v, _CTX_NORMAL)
-                if new is not v:
-                    count += n
-                    if changed is None:
-                        changed = {}
-                    changed[k] = new
+            changed, count = self._changed_children(value.items(), depth)
             if changed is None:
                 return value, 0
             out = dict(value)
@@ -371,6 +345,28 @@ class Redactor:
                 count += n
                 is_changed = True
         return (out, count) if is_changed else (value, 0)
+
+    def _changed_children(
+        self, items: Iterable[tuple[Any, Any]], depth: int
+    ) -> tuple[dict[Any, Any] | None, int]:
+        """Redact the children (``(key or index, value)`` pairs) of an ordinary dict or list whose every key
+        is plain: the ones that changed, by key or index (``None``: none did), and the values replaced."""
+        changed: dict[Any, Any] | None = None
+        count = 0
+        for k, v in items:
+            t = type(v)
+            if t is dict or t is list:
+                new, n = self._shared(v, depth + 1)
+            elif t in _SCALARS or not isinstance(v, dict | list | tuple):
+                continue
+            else:
+                new, n = self._walk(v, _CTX_NORMAL)
+            if new is not v:
+                count += n
+                if changed is None:
+                    changed = {}
+                changed[k] = new
+        return changed, count
 
     def _walk(self, event: Any, context: int) -> tuple[Any, int]:
         """Redact ``event`` read in ``context``: an iterative walk returning a full copy."""
