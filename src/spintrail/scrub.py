@@ -260,14 +260,7 @@ class Scrubber:
         """
         found = _prefilter(raw) if not self._always_walk and raw else _ALL
         if found is None:
-            return Scrubbed(
-                event=event,
-                raw=raw if self.raw_events != "drop" else b"",
-                keep_raw=self.raw_events != "drop",
-                raw_sha256=hashlib.sha256(raw).digest(),
-                replaced=0,
-                secret_hashes=(),
-            )
+            return self._scrubbed(event, raw, 0, set())
         redacted, replaced = self.redactor.redact(event)
         # With redact the re-serialized event is needed anyway; where no string value in it holds a
         # free-text trigger (only keys such as "Authorization" of hashed headers do), the pass is skipped.
@@ -283,9 +276,12 @@ class Scrubber:
             replaced += more
             if more and serialized is not None:
                 serialized = serialize(redacted)
-        kept = raw if serialized is None else serialized
+        return self._scrubbed(redacted, raw if serialized is None else serialized, replaced, hashes)
+
+    def _scrubbed(self, event: dict[str, Any], kept: bytes, replaced: int, hashes: set[str]) -> Scrubbed:
+        """The outcome; ``kept`` is what to keep (nothing with ``drop``, yet still what the log hashes)."""
         return Scrubbed(
-            event=redacted,
+            event=event,
             raw=kept if self.raw_events != "drop" else b"",
             keep_raw=self.raw_events != "drop",
             raw_sha256=hashlib.sha256(kept).digest(),
