@@ -26,8 +26,8 @@ from bench import pools, procs  # noqa: E402
 from bench.ingest import Run, Scenario, connections_for  # noqa: E402
 
 
-def top_frames(raw: Path, n: int = 30, *, inclusive: bool = True) -> str:
-    """Inclusive and self shares of the frames in py-spy's raw (collapsed) output."""
+def _shares(raw: Path) -> tuple[int, collections.Counter[str], collections.Counter[str]]:
+    """Samples in py-spy's raw (collapsed) output: the total, and per frame inclusive and self counts."""
     incl: collections.Counter[str] = collections.Counter()
     own: collections.Counter[str] = collections.Counter()
     total = 0
@@ -39,33 +39,32 @@ def top_frames(raw: Path, n: int = 30, *, inclusive: bool = True) -> str:
         for f in set(frames):
             incl[f] += k
         own[frames[-1]] += k
-    lines = [f"{total} samples", ""]
-    if inclusive:
-        lines += ["inclusive:"]
-        lines += [f"  {v / total * 100:5.1f}%  {f}" for f, v in incl.most_common(n)]
-        lines += [""]
-    lines += ["self:"]
+    return total, incl, own
+
+
+def top_frames(raw: Path, n: int = 30) -> str:
+    """Inclusive and self shares of the frames in py-spy's raw (collapsed) output."""
+    total, incl, own = _shares(raw)
+    lines = [f"{total} samples", "", "inclusive:"]
+    lines += [f"  {v / total * 100:5.1f}%  {f}" for f, v in incl.most_common(n)]
+    lines += ["", "self:"]
     lines += [f"  {v / total * 100:5.1f}%  {f}" for f, v in own.most_common(n)]
     return "\n".join(lines)
 
 
 def summary(raw: Path, n: int = 12) -> list[str]:
     """The report's view of a profile: spintrail's own functions by inclusive share, all frames by self."""
-    incl: collections.Counter[str] = collections.Counter()
-    own: collections.Counter[str] = collections.Counter()
-    total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        k = int(count)
-        total += k
-        frames = [_short(f) for f in stack.split(";")]
-        for f in set(frames):
-            if "(spintrail/" in f and not f.startswith(("main ", "serve ", "run_server ", "<module>")):
-                incl[f] += k
-        own[frames[-1]] += k
+    total, incl, own = _shares(raw)
     total = max(total, 1)
+    ours = collections.Counter(
+        {
+            f: k
+            for f, k in incl.items()
+            if "(spintrail/" in f and not f.startswith(("main ", "serve ", "run_server ", "<module>"))
+        }
+    )
     rows = ["| inclusive (spintrail's functions) | | self (every frame) | |", "|---|---:|---|---:|"]
-    a, b = incl.most_common(n), own.most_common(n)
+    a, b = ours.most_common(n), own.most_common(n)
     for i in range(max(len(a), len(b))):
         left = f"`{a[i][0]}` | {a[i][1] / total * 100:.1f}%" if i < len(a) else " | "
         right = f"`{b[i][0]}` | {b[i][1] / total * 100:.1f}%" if i < len(b) else " | "
