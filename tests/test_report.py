@@ -7,6 +7,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -218,11 +219,28 @@ def test_pipeline_history_diffs_consecutive_versions(store: SqliteStore, simulat
             changed = [x for x in lines if x[:1] in "+-" and x[:3] not in ("+++", "---")]
             # only real configuration changes, never the timestamps that change on every save
             assert all("updateTs" not in x and "lastModifiedBy" not in x for x in changed)
-    apps = [r for r in rep.rows if r["kind"] == "application" and r["status"] == "SUCCEEDED"]
-    assert apps and all(r["diff"] and '"instancePort"' in r["diff"] for r in apps)
     one = next(iter(by_id))
     only = report.pipeline_history(store, pipeline=one)
     assert {r["config_id"] for r in only.rows} == {one}
+
+
+#: A world fixed in time for the application edits: the shared one ends now, and whether its operations
+#: include a successful application edit depends on the minute it starts.
+APP_EDIT_WORLD_START = 1_762_326_000_000  # 2025-11-05 07:00 UTC
+
+
+def test_pipeline_history_diffs_application_edits(tmp_path: Path) -> None:
+    from conftest import load_simulated
+
+    path = tmp_path / "apps.db"
+    load_simulated(path, seed=11, days=21.0, executions=220, start_ms=APP_EDIT_WORLD_START)
+    store = SqliteStore(path)
+    try:
+        rep = report.pipeline_history(store, since=APP_EDIT_WORLD_START)
+    finally:
+        store.close()
+    apps = [r for r in rep.rows if r["kind"] == "application" and r["status"] == "SUCCEEDED"]
+    assert apps and all(r["diff"] and '"instancePort"' in r["diff"] for r in apps)
 
 
 def test_decode_pipeline_accepts_what_deck_and_the_api_send() -> None:
