@@ -3,6 +3,7 @@ PostgreSQL whole partitions dropped."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sqlite3
 import time
@@ -20,6 +21,12 @@ from spintrail.store import Store
 from test_cli import run
 
 NOW = int(time.time() * 1000)
+
+
+def month_start_before(ms: int) -> int:
+    """One hour into the first day of the calendar month (UTC) that holds ``ms``."""
+    d = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+    return int(dt.datetime(d.year, d.month, 1, 1, tzinfo=dt.UTC).timestamp() * 1000)
 
 
 def all_events(store: Store) -> list[Any]:
@@ -135,12 +142,14 @@ def test_zero_days_keeps_forever_and_dry_run_removes_nothing(store: Store) -> No
 
 
 def test_delta_chain_bases_survive_until_their_last_dependent_goes(store: Store) -> None:
-    # One execution's task events, one per day: each raw blob is a delta of the previous one.
+    # One execution's task events, one per day: each raw blob is a delta of the previous one. Raw streams
+    # break at a change of calendar month, so the ten days start on the first of a month (whatever today is).
+    start = month_start_before(NOW - 100 * DAY)
     events = []
     for day in range(10):
-        e = pipeline_run("CHAIN", NOW - (100 - day) * DAY, stages=1)[1]  # a task event
+        e = pipeline_run("CHAIN", start + day * DAY, stages=1)[1]  # a task event
         e["eventId"] = f"chain-{day}"
-        e["details"]["created"] = str(NOW - (100 - day) * DAY)
+        e["details"]["created"] = str(start + day * DAY)
         e["content"]["execution"]["stages"].append({"id": f"grow-{day}", "context": {"n": "y" * 200 * day}})
         events.append(e)
     results = ingest(store, events)
@@ -148,7 +157,7 @@ def test_delta_chain_bases_survive_until_their_last_dependent_goes(store: Store)
     raws = {r.id: store.raw(r.id) for r in results}
     assert count_raw(store) == 11
     # Days 0-4 are past 95 days: their events go, their blobs stay as bases of days 5-9.
-    report = retention.run(store, Policy(task_days=95), now_ms=NOW)
+    report = retention.run(store, Policy(task_days=95), now_ms=start + 95 * DAY + 4 * DAY + DAY // 2)
     assert report.events["task"] == 5
     left = [r for r in all_events(store) if r.id in raws]
     assert len(left) == 5
