@@ -27,7 +27,7 @@ RUN --mount=type=secret,id=pip_ca \
  && /opt/build/bin/pip wheel --no-deps --wheel-dir /wheels /src \
  && python3 -m venv /opt/spintrail \
  && /opt/spintrail/bin/pip install --only-binary=:all: /wheels/spintrail-*.whl \
- && /opt/spintrail/bin/pip uninstall -y pip \
+ && /opt/spintrail/bin/pip uninstall -y setuptools pip \
  && /opt/spintrail/bin/spintrail --help >/dev/null
 
 FROM ${BASE_IMAGE}
