@@ -3,7 +3,7 @@
 #
 #   podman build --format docker -t spintrail .            # docker build -t spintrail . works the same
 #   podman run -d -p 8080:8080 -v spintrail-data:/var/lib/spintrail \
-#     -e SPINTRAIL_ADMIN_TOKEN=... -e SPINTRAIL_INGEST_TOKENS=echo=... --read-only --tmpfs /tmp spintrail
+#     -e SPINTRAIL_ADMIN_TOKEN=... -e SPINTRAIL_INGEST_TOKENS=echo=... --read-only spintrail
 #
 # BASE_IMAGE is any Debian 12 (bookworm) image: python3 comes from its packages, so the Python of both
 # stages is the same. Building where no registry is reachable: make one with debootstrap (docs/deploy.md).

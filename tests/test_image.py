@@ -64,7 +64,8 @@ def echo_event(n: int) -> dict[str, Any]:
 
 
 class Container:
-    """One run of the image: read-only root, /tmp in memory, data on ``data`` (a host directory)."""
+    """One run of the image: read-only root (not even /tmp is writable), data on ``data`` (a host
+    directory), no capabilities."""
 
     def __init__(self, data: Path) -> None:
         self.data = data
@@ -75,7 +76,7 @@ class Container:
     def start(self) -> Container:
         podman(
             "run", "--detach", "--name", self.name,
-            "--read-only", "--tmpfs", "/tmp",
+            "--read-only", "--read-only-tmpfs=false",
             "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
             "--publish", f"127.0.0.1:{self.port}:8080",
             "--volume", f"{self.data}:/var/lib/spintrail",
@@ -161,6 +162,8 @@ def test_stores_an_event_and_reads_it_back(container: Container) -> None:
     event = echo_event(1)
     refused = httpx.post(container.url + "/api/v1/events", json=event)
     assert refused.status_code == 401, "the image must not start open"
+    hec = httpx.post(container.url + "/services/collector/event", json={"event": event})
+    assert hec.json()["text"] == "Token is required"
     stored = httpx.post(
         container.url + "/api/v1/events", json=event, headers={"Authorization": f"Bearer {INGEST}"}
     )
@@ -183,6 +186,7 @@ def test_runs_as_non_root_on_a_read_only_root(container: Container) -> None:
     assert container.exec("id", "-u").stdout.strip() == "10001"
     denied = container.exec("touch", "/opt/spintrail/written")
     assert denied.returncode != 0 and "Read-only file system" in denied.stderr
+    assert container.exec("touch", "/tmp/written").returncode != 0
     assert container.exec("touch", "/var/lib/spintrail/written").returncode == 0
     assert container.inspect()["HostConfig"]["ReadonlyRootfs"] is True
     # Its data (the database and the signing key) lands on the volume, owned by the image's user.
