@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import tomllib
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -341,3 +342,12 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+def test_image_version_is_the_project_version() -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert f"ARG VERSION={version}\n" in (ROOT / "Dockerfile").read_text()
+    for overlay in OVERLAYS:
+        kustomization = yaml.safe_load((KUBE / "overlays" / overlay / "kustomization.yaml").read_text())
+        [image] = kustomization["images"]
+        assert image["newTag"] == version, f"overlays/{overlay} deploys spintrail {image['newTag']}"
