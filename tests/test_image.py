@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -67,8 +68,9 @@ class Container:
     """One run of the image: read-only root (not even /tmp is writable), data on ``data`` (a host
     directory), no capabilities."""
 
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, *options: str) -> None:
         self.data = data
+        self.options = options
         self.port = free_port()
         self.name = f"spintrail-test-{uuid.uuid4().hex[:12]}"
         self.url = f"http://127.0.0.1:{self.port}"
@@ -83,6 +85,7 @@ class Container:
             "--env", f"SPINTRAIL_ADMIN_TOKEN={ADMIN}",
             "--env", f"SPINTRAIL_INGEST_TOKENS=echo={INGEST}",
             "--env", f"SPINTRAIL_SHUTDOWN_GRACE_SECONDS={GRACE}",
+            *self.options,
             IMAGE,
         )  # fmt: skip
         deadline = time.monotonic() + 60
@@ -226,3 +229,33 @@ def test_stops_cleanly_on_sigterm_and_keeps_its_data(container: Container) -> No
         assert (again.data / "spintrail.db.signing-key").read_text() == key
     finally:
         again.remove()
+
+
+def test_uses_a_signing_key_mounted_read_only(data: Path, tmp_path: Path) -> None:
+    """The way Kubernetes gives every replica the one key: a read-only file from a Secret, root's, group
+    readable."""
+    keys = tmp_path / "key"
+    keys.mkdir()
+    made = subprocess.run(
+        [sys.executable, "-m", "spintrail", "keys", "show", "--database", str(tmp_path / "throwaway.db")],
+        env={**os.environ, "SPINTRAIL_SIGNING_KEY_FILE": str(keys / "signing.key")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    verifier = made.stdout.strip()
+    (keys / "signing.key").chmod(0o440)
+    os.chown(keys / "signing.key", 0, 10001)
+    c = Container(
+        data,
+        "--volume", f"{keys}:/etc/spintrail/signing-key:ro",
+        "--env", "SPINTRAIL_SIGNING_KEY_FILE=/etc/spintrail/signing-key/signing.key",
+    )  # fmt: skip
+    try:
+        c.start()
+        key = httpx.get(c.url + "/api/v1/integrity/key", headers={"Authorization": f"Bearer {ADMIN}"})
+        assert key.json()["verifier_key"] == verifier
+        assert not (data / "spintrail.db.signing-key").exists()
+    finally:
+        c.remove()
