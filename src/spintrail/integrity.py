@@ -47,6 +47,7 @@ from spintrail import checkpoint as notes
 from spintrail import dbutil, merkle
 from spintrail.query import FilterError, parse_time
 from spintrail.record import API_FIELDS, LIST_FIELDS, TEXT_FIELDS, AuditRecord, format_time
+from spintrail.signer_state import SignerGuard, SignerRefused
 from spintrail.store.base import Store, Written
 
 log = logging.getLogger(__name__)
@@ -279,6 +280,8 @@ class IntegrityLog:
         self.checkpoint_dir: Path | None = None
         #: Called with every checkpoint after it is committed (e.g. to forward it off the machine).
         self.listeners: list[Listener] = []
+        #: Checks, before each signature, that the log extends the head the signer signed last.
+        self.guard: SignerGuard | None = None
         self._sign_lock = threading.Lock()
 
     # -- writing -----------------------------------------------------------------------------------
@@ -426,25 +429,29 @@ class IntegrityLog:
     def sign(self, signer: str, *, now_ms: int | None = None) -> StoredCheckpoint:
         """Sign and store a checkpoint of the log as it is now (serialized with writers), export it, and
         tell the listeners."""
+        if self.guard is None:
+            raise SignerRefused("the signer is not started: load the signing key through Trust.signing_key")
         with self._sign_lock:
             conn = self.conns.get()
             with dbutil.transaction(conn, lock="integrity_state"):
                 state = load_state(conn)
+                # The root signed is the signer's own tree extended by the new leaves, never the database's
+                # word alone (SignerRefused when the two differ).
+                tree = self.guard.extend(conn, state.size, state.root)
+                size, root = tree.size, tree.root()
                 now = now_ms if now_ms is not None else int(time.time() * 1000)
                 cp = notes.Checkpoint(
-                    origin=self.origin,
-                    size=state.size,
-                    root=state.root,
-                    extensions=(f"time {format_time(now)}",),
+                    origin=self.origin, size=size, root=root, extensions=(f"time {format_time(now)}",)
                 )
                 note = notes.sign_checkpoint(cp, signer)
                 cur = dbutil.execute(
                     conn,
                     "INSERT INTO integrity_checkpoints(size, root, created_at, note) VALUES (?, ?, ?, ?)"
                     " RETURNING id",
-                    (state.size, state.root, now, note),
+                    (size, root, now, note),
                 )
-                stored = StoredCheckpoint(int(cur.fetchall()[0][0]), state.size, state.root, now, note)
+                stored = StoredCheckpoint(int(cur.fetchall()[0][0]), size, root, now, note)
+            self.guard.signed(tree, now, note)
         if self.checkpoint_dir is not None:
             try:
                 export_checkpoint(self.checkpoint_dir, stored)

@@ -146,6 +146,28 @@ def signing_key(settings: Settings, *, name_hint: str = "spintrail", create: boo
     return SigningKey(signer=signer, verifier=verifier, path=path)
 
 
+#: ``trust_meta`` entry holding the verifier key of the installation's signing key (recorded on first use).
+INSTALLATION_KEY = "signing_verifier_key"
+
+
+def installation_key(conn: Any) -> str | None:
+    """The verifier key this installation signs with, as recorded on first use (``None``: not yet)."""
+    row = dbutil.one(conn, "SELECT value FROM trust_meta WHERE name = ?", (INSTALLATION_KEY,))
+    return dbutil.as_bytes(row[0]).decode() if row else None
+
+
+def record_installation_key(conn: Any, verifier: str) -> str:
+    """Record ``verifier`` as the installation's key unless one is recorded; returns the recorded one."""
+    return _meta(conn, INSTALLATION_KEY, verifier.encode()).decode()
+
+
+def signer_state_dir(settings: Settings) -> Path:
+    """Where the signer keeps its last signed head: ``signer_state_dir``, else the key file's directory."""
+    if settings.signer_state_dir is not None:
+        return settings.signer_state_dir
+    return default_signing_key_path(settings).absolute().parent
+
+
 def verifier_of(signer: str) -> str:
     """The verifier (public) key string of a signer key string."""
     import base64
