@@ -411,6 +411,9 @@ def test_proof_and_verify_proof_from_the_command_line(tmp_path: Path) -> None:
     assert key.count("+") >= 2
     bundle = tmp_path / "bundle.json"
     r = run("proof", "00000000-0000-0000-0000-000000000003", "--output", str(bundle), "--database", str(db))
+    assert r.returncode == 1 and "spintrail checkpoint" in r.stderr  # proof only reads: it signs nothing
+    assert run("checkpoint", "--database", str(db)).returncode == 0
+    r = run("proof", "00000000-0000-0000-0000-000000000003", "--output", str(bundle), "--database", str(db))
     assert r.returncode == 0, r.stderr
     # The third party has only the bundle and the key: an empty directory, no database, no settings.
     elsewhere = tmp_path / "auditor"

@@ -25,7 +25,7 @@ from spintrail.output import Format, emit
 from spintrail.query import FILTER_HELP, FILTER_NAMES, FilterError, Filters, parse_limit
 from spintrail.record import API_FIELDS
 from spintrail.settings import Settings, load_settings
-from spintrail.store import PreparedEvent, Store, StoreError, open_store
+from spintrail.store import PreparedEvent, Store, StoreError, StoreNeedsMigration, open_store
 
 app = typer.Typer(
     name="spintrail",
@@ -68,16 +68,21 @@ def settings_from(config: Path | None = None, **overrides: Any) -> Settings:
         raise fail(f"invalid settings: {exc}") from None
 
 
-def open_store_or_exit(settings: Settings) -> Store:
+def open_store_or_exit(settings: Settings, *, read_only: bool = False) -> Store:
+    """The store of ``settings``; ``read_only`` for commands that only examine it (exit 2 when it is
+    missing or needs a schema upgrade first)."""
     try:
         return open_store(
             settings.database,
             batch_max=settings.commit_batch_max,
             queue_max=settings.write_queue_max,
             pool_size=settings.postgres_pool_size,
+            read_only=read_only,
         )
+    except StoreNeedsMigration as exc:
+        raise fail(f"{exc}", 2) from None
     except StoreError as exc:
-        raise fail(f"{exc}") from None
+        raise fail(f"{exc}", 2 if read_only else 1) from None
 
 
 def with_filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -153,6 +158,7 @@ def serve(
         load_demo(settings)
     check_sinks(settings)
     store = open_store_or_exit(settings)
+    from spintrail.signer_state import EXIT_REFUSED, SignerRefused
     from spintrail.trust_api import banner
 
     tls = tls_options(settings)
@@ -160,6 +166,9 @@ def serve(
     try:
         for line in banner(settings, store):
             err.print(line, style="bold red" if line.startswith("WARNING") else None, highlight=False)
+    except SignerRefused as exc:
+        store.close()
+        raise fail(f"refusing to start: {exc}", EXIT_REFUSED) from None
     except Exception as exc:
         store.close()
         raise fail(f"cannot set up authentication and signing keys: {exc}") from None
@@ -613,7 +622,7 @@ def check(
     from spintrail.store import CheckReport
 
     settings = settings_from(config, database=database)
-    store = open_store_or_exit(settings)
+    store = open_store_or_exit(settings, read_only=True)
     try:
         with Progress(
             TextColumn("verifying raw blobs"),

@@ -498,7 +498,7 @@ class IntegrityLog:
             if signer is None:
                 raise IntegrityError(
                     f"no signed checkpoint covers leaf {index} yet: wait for the next checkpoint "
-                    "(checkpoint_seconds) and try again"
+                    "(checkpoint_seconds) or sign one with `spintrail checkpoint`, and try again"
                 )
             cp = self.sign(signer)
         hashes = self.leaf_hashes(cp.size)

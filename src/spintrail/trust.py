@@ -32,6 +32,9 @@ class Trust:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
+        #: On a read-only store (verification): nothing is created, migrated, backfilled or hooked.
+        self.read_only = store.read_only
+        writable = not store.read_only
         for component, migrations in (
             ("trust_meta", keys.MIGRATIONS),
             ("tokens", tokens.MIGRATIONS),
@@ -42,10 +45,10 @@ class Trust:
             dbutil.migrate(store, component, migrations)
         self.conns = dbutil.Connections(store)
         conn = self.conns.get()
-        self.installation_id = keys.installation_id(conn)
+        self.installation_id = keys.installation_id(conn, create=writable) or "unknown"
         self.origin = settings.log_origin or f"spintrail/{self.installation_id}"
         self.scrubber = scrub.Scrubber(
-            keys.redaction_key(conn, settings),
+            keys.redaction_key(conn, settings, create=writable),
             raw_events=settings.raw_events,
             extra_patterns=tuple(settings.secret_key_patterns),
         )
@@ -53,9 +56,10 @@ class Trust:
         self.access = accesslog.AccessLog(self.conns)
         self.log = integrity.IntegrityLog(store, self.conns, self.origin)
         self.log.checkpoint_dir = settings.checkpoint_dir
-        store.write_hooks.append(scrub.index_hook)
-        store.write_hooks.append(self.log.hook)
-        self.log.backfill()
+        if writable:
+            store.write_hooks.append(scrub.index_hook)
+            store.write_hooks.append(self.log.hook)
+            self.log.backfill()
         self._signing: keys.SigningKey | None = None
         self._signer_lock = threading.Lock()
 
@@ -68,7 +72,7 @@ class Trust:
         """
         if self._signing is not None:
             return self._signing
-        if not create:
+        if not create or self.read_only:
             return keys.signing_key(self.settings, create=False)
         with self._signer_lock:
             if self._signing is None:
