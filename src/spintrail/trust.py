@@ -33,8 +33,8 @@ class Trust:
         self.store = store
         self.settings = settings
         #: On a read-only store (verification): nothing is created, migrated, backfilled or hooked.
-        self.read_only = store.read_only
-        writable = not store.read_only
+        self.read_only: bool = getattr(store, "read_only", False)
+        writable = not self.read_only
         for component, migrations in (
             ("trust_meta", keys.MIGRATIONS),
             ("tokens", tokens.MIGRATIONS),

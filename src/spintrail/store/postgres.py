@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+import psycopg.conninfo
 from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -353,7 +354,10 @@ class PostgresStore(Store):
 
     def _session_options(self) -> dict[str, str]:
         """Connection options: a read-only store's sessions run every transaction read-only."""
-        return {"options": "-c default_transaction_read_only=on"} if self.read_only else {}
+        if not self.read_only:
+            return {}
+        given = str(psycopg.conninfo.conninfo_to_dict(self.url).get("options") or "")
+        return {"options": f"{given} -c default_transaction_read_only=on".strip()}
 
     def _setup(self, conn: psycopg.Connection[Any]) -> None:
         """Create or upgrade the tables and the partitions ahead (``conn`` is closed afterwards)."""

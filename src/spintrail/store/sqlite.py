@@ -438,7 +438,6 @@ class SqliteStore(Store):
                     uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30
                 )
                 conn.execute("PRAGMA busy_timeout=30000")
-                conn.execute("PRAGMA query_only=1")
                 return conn
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
