@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -201,10 +204,19 @@ def test_backup_of_a_live_store_is_complete_and_consistent(server: Server, tmp_p
     pg = run("backup", str(tmp_path / "x.db"), "--database", "postgresql://127.0.0.1/test")
     assert pg.returncode == 2 and "pg_dump" in pg.stderr
 
-    # Restoring is copying the file into place: a server started on it serves the events.
+    # Restoring is copying the file into place: a server started on it, with the installation's signing
+    # key, serves the events.
     restored = tmp_path / "restored.db"
     restored.write_bytes(target.read_bytes())
-    srv = Server(str(restored)).start()
+    refused = subprocess.run(
+        [sys.executable, "-m", "spintrail", "serve", "--database", str(restored), "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "1000"},
+    )
+    assert refused.returncode == 3 and "signing_key_file" in refused.stderr  # a new key would be a 2nd one
+    srv = Server(str(restored), env={"SPINTRAIL_SIGNING_KEY_FILE": server.database + ".signing-key"}).start()
     try:
         first = acked[0]
         got = srv.get(f"/api/v1/events/{first}")

@@ -25,7 +25,14 @@ from spintrail.output import Format, emit
 from spintrail.query import FILTER_HELP, FILTER_NAMES, FilterError, Filters, parse_limit
 from spintrail.record import API_FIELDS
 from spintrail.settings import Settings, load_settings
-from spintrail.store import PreparedEvent, Store, StoreError, StoreNeedsMigration, open_store
+from spintrail.store import (
+    PreparedEvent,
+    Store,
+    StoreError,
+    StoreMissing,
+    StoreNeedsMigration,
+    open_store,
+)
 
 app = typer.Typer(
     name="spintrail",
@@ -79,10 +86,10 @@ def open_store_or_exit(settings: Settings, *, read_only: bool = False) -> Store:
             pool_size=settings.postgres_pool_size,
             read_only=read_only,
         )
-    except StoreNeedsMigration as exc:
+    except (StoreNeedsMigration, StoreMissing) as exc:
         raise fail(f"{exc}", 2) from None
     except StoreError as exc:
-        raise fail(f"{exc}", 2 if read_only else 1) from None
+        raise fail(f"{exc}") from None
 
 
 def with_filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -57,6 +57,9 @@ GENESIS = bytes(32)
 BUNDLE_FORMAT = "spintrail-evidence/v1"
 CONSISTENCY_FORMAT = "spintrail-consistency/v1"
 
+#: The name the log's schema migrations are recorded under.
+COMPONENT = "integrity"
+
 MIGRATIONS: dict[str, list[tuple[int, str]]] = {
     "sqlite": [
         (

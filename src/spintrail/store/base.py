@@ -44,6 +44,10 @@ class StoreOverloaded(StoreError):
     """Too many events are waiting to be committed."""
 
 
+class StoreMissing(StoreUnavailable):
+    """There is no store where a read-only command was pointed."""
+
+
 class StoreNeedsMigration(StoreError):
     """A store opened read-only was written by an older version and needs a schema upgrade first."""
 

@@ -37,6 +37,7 @@ from spintrail.store.base import (
     PreparedEvent,
     Store,
     StoreFull,
+    StoreMissing,
     StoreNeedsMigration,
     StoreOverloaded,
     StoreStats,
@@ -388,7 +389,7 @@ class SqliteStore(Store):
         self.path = str(path)
         self.read_only = read_only
         if read_only and (self.path == ":memory:" or not Path(self.path).is_file()):
-            raise StoreUnavailable(f"there is no SQLite database at {self.path}")
+            raise StoreMissing(f"there is no SQLite database at {self.path}")
         if self.path != ":memory:":
             parent = Path(self.path).parent
             if not parent.exists():
