@@ -252,3 +252,34 @@ def test_verify_on_postgresql_runs_read_only(pg_url: str, tmp_path: Path) -> Non
     verifier = keys.signing_key(settings).verifier
     result = CliRunner().invoke(cli, ["verify", "--key", verifier, "--database", pg_url, "--no-raw"])
     assert result.exit_code == 0, result.output
+
+
+# --------------------------------------------------------------------------------------------- migrate
+
+
+def test_a_migrated_store_verifies_against_checkpoints_signed_before_the_move(
+    pg_url: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "audit.db"
+    exported = tmp_path / "exported"
+    settings = Settings(database=str(db), checkpoint_dir=exported)
+    fill(settings, 1, 2, 3)
+    fill(settings, 4, 5)
+    verifier = keys.signing_key(settings).verifier
+    runner = CliRunner()
+    moved = runner.invoke(cli, ["migrate", "--from", str(db), "--to", pg_url])
+    assert moved.exit_code == 0, moved.output
+    text = " ".join(moved.output.split())
+    assert "5 leaves and 2 signed checkpoints copied" in text
+    assert verifier.split("+")[1] in text
+    assert f"signing_key_file={db}.signing-key" in "".join(moved.output.split())
+    args = ["verify", "--key", verifier, "--checkpoints", str(exported), "--database", pg_url]
+    result = runner.invoke(cli, [*args, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{") :])
+    assert report["leaves"] == 5 and report["checkpoints_checked"] == 4  # 2 stored + 2 exported
+    # The target's servers sign on with the source's key and signer state; another key is refused.
+    on_target = Settings(database=pg_url, signing_key_file=Path(f"{db}.signing-key"), checkpoint_dir=exported)
+    fill(on_target, 6)
+    with pytest.raises(SignerRefused, match="signing_key_file"):
+        fill(Settings(database=pg_url, signing_key_file=tmp_path / "new.key"), 7, sign=True)

@@ -573,8 +573,9 @@ def migrate_(
     config: ConfigOpt = None,
     format: FormatOpt = Format.table,
 ) -> None:
-    """Copy a whole store to another (SQLite to PostgreSQL or back), ids and raw bytes kept; re-runnable."""
-    from spintrail.transfer import REPORT_COLUMNS, TransferError, copy_store
+    """Copy a whole store to another (SQLite to PostgreSQL or back), ids and raw bytes kept, with its
+    tamper-evident log and signed checkpoints; re-runnable."""
+    from spintrail.transfer import REPORT_COLUMNS, TransferError, copy_integrity, copy_store
 
     if source.strip() == target.strip():
         raise fail("--from and --to name the same database", 2)
@@ -596,6 +597,9 @@ def migrate_(
         ) as progress:
             task = progress.add_task("migrate", total=total)
             report = copy_store(src, dst, progress=lambda n: progress.advance(task, n))
+        copied = copy_integrity(src, dst)
+        source_settings = settings.model_copy(update={"database": source})
+        key_line = _target_key(source_settings, dst, copied.verifier_key)
     except TransferError as exc:
         raise fail(str(exc)) from None
     except StoreError as exc:
@@ -604,10 +608,41 @@ def migrate_(
         dst.close()
         src.close()
     emit([report.row()], REPORT_COLUMNS, format, title="migrate")
+    err.print(
+        f"tamper-evident log: {copied.leaves} leaves and {copied.checkpoints} signed checkpoints copied. "
+        + key_line,
+        highlight=False,
+    )
     if report.target_events < report.source_events:
         raise fail(
             f"the target holds {report.target_events} events, fewer than the source's {report.source_events}"
         )
+
+
+def _target_key(source_settings: Settings, target: Store, recorded: str | None) -> str:
+    """Which key the target signs with, recorded in it when the source had not recorded one yet."""
+    from spintrail import dbutil, keys
+    from spintrail.signer_state import SignerState
+
+    path = keys.default_signing_key_path(source_settings)
+    verifier = recorded
+    if verifier is None and path.exists():
+        verifier = keys.signing_key(source_settings, create=False).verifier
+        conn = target.connect()
+        try:
+            if not dbutil.is_sqlite(conn):
+                conn.autocommit = True
+            keys.record_installation_key(conn, verifier)
+        finally:
+            conn.close()
+    if verifier is None:
+        return "The source has no signing key yet: the target's first server creates the installation's key."
+    state = SignerState(keys.signer_state_dir(source_settings), verifier, "-")
+    return (
+        f"The target signs with the source's key {'+'.join(verifier.split('+')[:2])}: start its servers with "
+        f"signing_key_file = {path.absolute()} and the signer's state {state.path.name} in signer_state_dir "
+        f"(now {state.directory}); checkpoints signed before the move verify with the same verifier key."
+    )
 
 
 @app.command()

@@ -42,7 +42,9 @@ class Trust:
             ("integrity", integrity.MIGRATIONS),
             ("redaction", scrub.MIGRATIONS),
         ):
-            dbutil.migrate(store, component, migrations)
+            # Read-only (a check of the log needs only its own tables): the store checks, never migrates.
+            if writable or component in ("trust_meta", "integrity"):
+                dbutil.migrate(store, component, migrations)
         self.conns = dbutil.Connections(store)
         conn = self.conns.get()
         self.installation_id = keys.installation_id(conn, create=writable) or "unknown"
