@@ -269,3 +269,34 @@ def test_check_scales_linearly(tmp_path: Path) -> None:
         store.close()
     assert report.ok and report.checks["event_raw"] == 10_000
     assert seconds < 8, f"check of 10,000 events took {seconds:.1f}s"
+
+
+def test_check_on_postgresql_names_a_planted_inconsistency(pg_url: str, tmp_path: Path) -> None:
+    import psycopg
+    from typer.testing import CliRunner
+
+    from echo_gen import ingest, pipeline_run
+    from spintrail.cli import app as cli
+    from spintrail.store import open_store
+
+    store = open_store(pg_url)
+    try:
+        ingest(store, pipeline_run("R1", 1_718_000_000_000, stages=2))
+    finally:
+        store.close()
+    runner = CliRunner()
+    good = runner.invoke(cli, ["check", "--database", pg_url, "--format", "csv"])
+    assert good.exit_code == 0, good.output
+    assert "raw_sha256" in good.output and "tags" in good.output
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        query = "SELECT id FROM events WHERE cardinality(tags) > 0 ORDER BY id LIMIT 1"
+        tagged = conn.execute(query).fetchone()
+        conn.execute("UPDATE events SET tags = '{}' WHERE id = %s", tagged)
+        conn.execute("DELETE FROM event_ids WHERE id = 2")
+        conn.execute("UPDATE events SET raw_id = 999999 WHERE id = 3")
+    bad = runner.invoke(cli, ["check", "--database", pg_url, "--format", "csv"])
+    assert bad.exit_code == 1, bad.output
+    out = " ".join(bad.output.split())
+    assert "event 2 (" in out and "missing from event_ids" in out
+    assert "event 3 (" in out and "raw blob 999999, which does not exist" in out
+    assert f"event {tagged[0]}:" in out and "missing from its tags" in out

@@ -29,7 +29,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,6 +49,7 @@ from spintrail.store.base import (
     DAY,
     DAY_NUMBER_SQL,
     AppendResult,
+    CheckReport,
     Page,
     PreparedEvent,
     Store,
@@ -1188,6 +1189,23 @@ class PostgresStore(Store):
                 raw_id = row[-1]
                 out.append((rec, self._blob(raw_id, rec.time, conn) if raw_id is not None else None))
             return out
+
+    def check(
+        self, *, quick: bool = False, progress: Callable[[int, int], None] | None = None
+    ) -> CheckReport:
+        from spintrail.store.postgres_check import check_postgres
+
+        conn = self._open_connection(autocommit=True, role="check")
+        try:
+            return check_postgres(
+                conn, quick=quick, progress=progress, hooks=self.check_hooks, clean=clean_text
+            )
+        except psycopg.Error as exc:
+            report = CheckReport(backend=self.backend)
+            report.add("schema", f"the database cannot be read: {str(exc).strip()}")
+            return report
+        finally:
+            conn.close()
 
     def close(self) -> None:
         with self._lock:
