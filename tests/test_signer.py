@@ -24,7 +24,7 @@ from spintrail.cli import app as cli
 from spintrail.decode import IncomingEvent
 from spintrail.ingest import Ingestor
 from spintrail.settings import Settings
-from spintrail.signer_state import SignerRefused, SignerState
+from spintrail.signer_state import SignerRefused, state_for
 from spintrail.store import open_store
 from spintrail.trust import Trust
 from test_integrity import ev
@@ -115,9 +115,7 @@ def test_a_restore_from_an_older_backup_points_at_accept_rollback(tmp_path: Path
     with pytest.raises(SignerRefused, match=r"accept-rollback --to 2"):
         trust.signing_key()
     # The explicit decision resets the head; then the restored log is signed and grows again.
-    key = keys.signing_key(settings)
-    state = SignerState(keys.signer_state_dir(settings), key.verifier, trust.origin)
-    state.accept(2, trust.log.state().root)
+    state_for(settings, keys.signing_key(settings).verifier, trust.origin).accept(2, trust.log.state().root)
     trust.log.sign(trust.signing_key().signer)
     assert trust.log.latest() is not None and trust.log.latest().size == 2  # type: ignore[union-attr]
     trust.close()
@@ -283,3 +281,37 @@ def test_a_migrated_store_verifies_against_checkpoints_signed_before_the_move(
     fill(on_target, 6)
     with pytest.raises(SignerRefused, match="signing_key_file"):
         fill(Settings(database=pg_url, signing_key_file=tmp_path / "new.key"), 7, sign=True)
+
+
+def test_an_installation_from_before_the_signer_state_starts_it_from_its_own_checkpoints(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "audit.db"
+    settings = Settings(database=str(db))
+    fill(settings, 1, 2, 3)
+    conn = sqlite3.connect(db)
+    with conn:  # as an earlier version left it: no recorded key, no state file
+        conn.execute("DELETE FROM trust_meta WHERE name = ?", (keys.INSTALLATION_KEY,))
+    conn.close()
+    (state_file,) = tmp_path.glob("spintrail-signer-*.json")
+    state_file.unlink()
+    backup = tmp_path / "before.db"
+    src = sqlite3.connect(db)
+    src.backup(sqlite3.connect(backup))
+    src.close()
+    # Untouched: the signer starts its state from the log, which extends the checkpoint it signed.
+    fill(settings, 4)
+    assert state_file.exists()
+    # Rewritten (and the head recomputed), same start: the newest checkpoint this key signed refuses it.
+    state_file.unlink()
+    os.replace(backup, db)
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE integrity_leaves SET leaf_hash = zeroblob(32) WHERE idx = 0")
+    conn.close()
+    store = open_store(str(db))
+    trust = Trust(store, settings)
+    with pytest.raises(SignerRefused, match="stored checkpoint #1"):
+        trust.signing_key()
+    trust.close()
+    store.close()

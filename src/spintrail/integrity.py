@@ -1132,9 +1132,15 @@ class Checkpointer:
 
     def _run(self) -> None:
         poll = min(1.0, self.every_seconds)
+        refused = ""
         while not self._stop.wait(poll):
             try:
                 self.run_once()
+                refused = ""
+            except SignerRefused as exc:  # said once, not every second: nothing is signed until it is fixed
+                if str(exc) != refused:
+                    log.error("integrity: not signing: %s", exc)
+                    refused = str(exc)
             except Exception:
                 log.exception("integrity: signing a checkpoint failed; retrying")
             for tick in self.ticks:
@@ -1151,6 +1157,8 @@ class Checkpointer:
         try:
             if self.log.state().size != self._last_size:
                 self.log.sign(self.signer)
+        except SignerRefused as exc:
+            log.error("integrity: no final checkpoint: %s", exc)
         except Exception:
             log.exception("integrity: the final checkpoint could not be signed")
         for tick in self.ticks:

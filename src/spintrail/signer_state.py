@@ -32,6 +32,7 @@ from typing import Any
 
 from spintrail import checkpoint as notes
 from spintrail import dbutil, merkle
+from spintrail.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,14 @@ class SignerState:
             os.close(dfd)
 
 
+def state_for(settings: Settings, verifier: str, origin: str) -> SignerState:
+    """The signer state of ``settings`` (``signer_state_dir``, ``checkpoint_dir``) for one key and log;
+    ``state_for(...).accept(size, root)`` resets the head the next signature must extend."""
+    from spintrail import keys
+
+    return SignerState(keys.signer_state_dir(settings), verifier, origin, settings.checkpoint_dir)
+
+
 def _rollback_message(head: Head, size: int) -> str:
     return (
         f"the database's tamper-evident log holds {size} leaves, but this signer already signed a head of "
@@ -209,6 +218,7 @@ class SignerGuard:
 
         db = load_state(conn)
         head = self.state.load()
+        adopted = head is None
         if head is None:
             if db.size == 0:
                 self._tree = merkle.CompactRange()
@@ -226,7 +236,7 @@ class SignerGuard:
                 db.size,
                 self.state.path,
             )
-            head = Head(0, merkle.CompactRange().root(), 0, "an empty log")
+            head = self._newest_stored(conn) or Head(0, merkle.CompactRange().root(), 0, "an empty log")
         if db.size < head.size:
             raise SignerRefused(_rollback_message(head, db.size))
         hashes = _leaf_hashes(conn, 0, head.size)
@@ -246,8 +256,21 @@ class SignerGuard:
             )
         self._tree = tree
         self.extend(conn, db.size, db.root)
-        if head.size == 0 and db.size:
-            self.state.save(self._tree, int(time.time() * 1000))
+        if adopted:
+            self.state.save(self._tree, int(time.time() * 1000))  # the state starts here
+
+    def _newest_stored(self, conn: Any) -> Head | None:
+        """The newest checkpoint stored in the database that this key signed for this log (an installation
+        from before the signer's state: the log must at least extend what it signed)."""
+        from spintrail.integrity import checkpoint_time
+
+        for cp_id, note in dbutil.rows(conn, "SELECT id, note FROM integrity_checkpoints ORDER BY id DESC"):
+            try:
+                cp = notes.open_checkpoint(note, self.state.verifier, origin=self.state.origin)
+            except notes.CheckpointError:
+                continue
+            return Head(cp.size, cp.root, checkpoint_time(cp) or 0, f"stored checkpoint #{cp_id}")
+        return None
 
     @property
     def tree(self) -> merkle.CompactRange:

@@ -97,9 +97,7 @@ class Trust:
                 f"signing_key_file {key.path} holds key {_key_id(key.verifier)}, but this installation signs "
                 f"with key {_key_id(recorded)}: give every replica the installation's key file"
             )
-        state = signer_state.SignerState(
-            keys.signer_state_dir(self.settings), key.verifier, self.origin, self.settings.checkpoint_dir
-        )
+        state = signer_state.state_for(self.settings, key.verifier, self.origin)
         guard = signer_state.SignerGuard(state)
         guard.start(conn, first_use=recorded is None)
         if recorded is None:

@@ -199,7 +199,10 @@ def keys_show(
 ) -> None:
     """Print the public verifier key of the checkpoints (give it to auditors)."""
     with _opened(config, database) as o:
-        key = o.trust.signing_key()
+        try:
+            key = o.trust.signing_key()
+        except SignerRefused as exc:
+            raise fail(str(exc), EXIT_REFUSED) from None
         row = {
             "origin": o.trust.origin,
             "key_name": key.name,
