@@ -88,7 +88,9 @@ class SignerState:
         if data.get("origin") != self.origin:
             raise SignerRefused(
                 f"the signer's state {self.path} is for log {data.get('origin')!r}, but the database's log "
-                f"is {self.origin!r}: the database was replaced or its installation id changed"
+                f"is {self.origin!r}: either this key already signs another installation's log (give each "
+                "installation its own signing_key_file), or the database was replaced or its installation "
+                "id changed"
             )
         peaks = data.get("peaks")
         return Head(

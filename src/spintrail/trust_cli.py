@@ -342,8 +342,9 @@ def proof(
     database: DatabaseOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Write the evidence bundle of one event: record, raw hash, leaf, inclusion proof, signed checkpoint.
-    A third party checks it with `spintrail verify-proof BUNDLE --key VERIFIER_KEY`."""
+    """Write the evidence bundle of one event: record, raw hash, leaf, inclusion proof, and the latest stored
+    signed checkpoint covering it (the database is only read). A third party checks it with
+    `spintrail verify-proof BUNDLE --key VERIFIER_KEY`."""
     with _opened(config, database, read_only=True) as o:
         record = o.store.get(int(event_id)) if event_id.isdigit() and len(event_id) <= 18 else None
         record = record or o.store.get_by_event_id(event_id)
