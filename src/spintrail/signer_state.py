@@ -222,8 +222,9 @@ class SignerGuard:
         head = self.state.load()
         adopted = head is None
         if head is None:
-            if db.size == 0:
+            if db.size == 0:  # a new log: the state starts now, before any event (a crash keeps it)
                 self._tree = merkle.CompactRange()
+                self.state.save(self._tree, int(time.time() * 1000))
                 return
             if not first_use:
                 raise SignerRefused(

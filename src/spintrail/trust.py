@@ -97,6 +97,9 @@ class Trust:
                 f"signing_key_file {key.path} holds key {_key_id(key.verifier)}, but this installation signs "
                 f"with key {_key_id(recorded)}: give every replica the installation's key file"
             )
+        state = signer_state.state_for(self.settings, key.verifier, self.origin)
+        guard = signer_state.SignerGuard(state)
+        guard.start(conn, first_use=recorded is None)  # the state exists from here on
         if recorded is None:
             winner = keys.record_installation_key(conn, key.verifier)
             if winner != key.verifier:  # another replica recorded its key first
@@ -104,9 +107,6 @@ class Trust:
                     f"signing_key_file {key.path} holds key {_key_id(key.verifier)}, but this installation "
                     f"signs with key {_key_id(winner)}: give every replica the installation's key file"
                 )
-        state = signer_state.state_for(self.settings, key.verifier, self.origin)
-        guard = signer_state.SignerGuard(state)
-        guard.start(conn, first_use=recorded is None)
         self.log.guard = guard
         return key
 
