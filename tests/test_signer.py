@@ -315,3 +315,22 @@ def test_an_installation_from_before_the_signer_state_starts_it_from_its_own_che
         trust.signing_key()
     trust.close()
     store.close()
+
+
+def test_a_wiped_and_rewritten_log_on_postgresql_is_refused(pg_url: str, tmp_path: Path) -> None:
+    import psycopg
+
+    settings = Settings(database=pg_url, signing_key_file=tmp_path / "signing.key")
+    fill(settings, 1, 2, 3)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE events SET \"user\" = 'mallory@example.com' WHERE id = 2")
+        conn.execute("TRUNCATE integrity_leaves, integrity_state, integrity_checkpoints")
+    store = open_store(pg_url)
+    trust = Trust(store, settings)  # re-adds the events to a fresh log (as the server would)
+    try:
+        with pytest.raises(SignerRefused, match="not an extension"):
+            trust.signing_key()
+        assert trust.log.latest() is None
+    finally:
+        trust.close()
+        store.close()
