@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -126,6 +127,11 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "SPINTRAIL_LOG_LEVEL": "warning", **(env or {})}
+        if "://" in database and "SPINTRAIL_SIGNING_KEY_FILE" not in self.env:
+            # One installation, one key: servers of one test database share theirs, and only theirs.
+            digest = hashlib.sha256(database.encode()).hexdigest()[:16]
+            key = Path(tempfile.gettempdir()) / f"spintrail-test-{digest}" / "signing.key"
+            self.env["SPINTRAIL_SIGNING_KEY_FILE"] = str(key)
         self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = (

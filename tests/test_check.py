@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -201,10 +204,19 @@ def test_backup_of_a_live_store_is_complete_and_consistent(server: Server, tmp_p
     pg = run("backup", str(tmp_path / "x.db"), "--database", "postgresql://127.0.0.1/test")
     assert pg.returncode == 2 and "pg_dump" in pg.stderr
 
-    # Restoring is copying the file into place: a server started on it serves the events.
+    # Restoring is copying the file into place: a server started on it, with the installation's signing
+    # key, serves the events.
     restored = tmp_path / "restored.db"
     restored.write_bytes(target.read_bytes())
-    srv = Server(str(restored)).start()
+    refused = subprocess.run(
+        [sys.executable, "-m", "spintrail", "serve", "--database", str(restored), "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "1000"},
+    )
+    assert refused.returncode == 3 and "signing_key_file" in refused.stderr  # a new key would be a 2nd one
+    srv = Server(str(restored), env={"SPINTRAIL_SIGNING_KEY_FILE": server.database + ".signing-key"}).start()
     try:
         first = acked[0]
         got = srv.get(f"/api/v1/events/{first}")
@@ -257,3 +269,34 @@ def test_check_scales_linearly(tmp_path: Path) -> None:
         store.close()
     assert report.ok and report.checks["event_raw"] == 10_000
     assert seconds < 8, f"check of 10,000 events took {seconds:.1f}s"
+
+
+def test_check_on_postgresql_names_a_planted_inconsistency(pg_url: str, tmp_path: Path) -> None:
+    import psycopg
+    from typer.testing import CliRunner
+
+    from echo_gen import ingest, pipeline_run
+    from spintrail.cli import app as cli
+    from spintrail.store import open_store
+
+    store = open_store(pg_url)
+    try:
+        ingest(store, pipeline_run("R1", 1_718_000_000_000, stages=2))
+    finally:
+        store.close()
+    runner = CliRunner()
+    good = runner.invoke(cli, ["check", "--database", pg_url, "--format", "csv"])
+    assert good.exit_code == 0, good.output
+    assert "raw_sha256" in good.output and "tags" in good.output
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        query = "SELECT id FROM events WHERE cardinality(tags) > 0 ORDER BY id LIMIT 1"
+        tagged = conn.execute(query).fetchone()
+        conn.execute("UPDATE events SET tags = '{}' WHERE id = %s", tagged)
+        conn.execute("DELETE FROM event_ids WHERE id = 2")
+        conn.execute("UPDATE events SET raw_id = 999999 WHERE id = 3")
+    bad = runner.invoke(cli, ["check", "--database", pg_url, "--format", "csv"])
+    assert bad.exit_code == 1, bad.output
+    out = " ".join(bad.output.split())
+    assert "event 2 (" in out and "missing from event_ids" in out
+    assert "event 3 (" in out and "raw blob 999999, which does not exist" in out
+    assert f"event {tagged[0]}:" in out and "missing from its tags" in out

@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
-from spintrail import checkpoint, integrity, merkle
+from spintrail import checkpoint, integrity, keys, merkle
 from spintrail.decode import IncomingEvent
 from spintrail.ingest import Ingestor
 from spintrail.settings import Settings
+from spintrail.signer_state import SignerRefused
 from spintrail.store.sqlite import SqliteStore
 from spintrail.trust import Trust
 
@@ -61,7 +62,8 @@ class Log:
 
     @property
     def key(self) -> str:
-        return self.trust.signing_key().verifier
+        """The verifier key (read from the key file: no signer is started, so tampering can be checked)."""
+        return keys.signing_key(self.settings).verifier
 
     def add(self, *ns: int, **kw: Any) -> list[int]:
         prepared = [
@@ -218,7 +220,9 @@ def test_a_swapped_signing_key_is_caught(log: Log, tmp_path: Path) -> None:
     rewrite_record(log, 2, user="mallory@example.com")
     log.sql("DELETE FROM integrity_checkpoints")
     forged, _ = checkpoint.generate_signer_key("spintrail-attacker")
-    log.trust.log.sign(forged)
+    with pytest.raises(SignerRefused):  # spintrail's own signer will not sign the rewritten log
+        log.trust.log.sign(forged)
+    sign_with_own_tool(log, forged)
     report = log.verify(keys=[trusted], exported=integrity.read_checkpoint_files([tmp_path / "exported"]))
     assert {"unknown_key", "checkpoint_mismatch"} <= kinds(report)
     unknown = next(p for p in report.problems if p.kind == "unknown_key")
@@ -378,8 +382,10 @@ def test_consistency_proofs_show_the_log_only_grew(log: Log) -> None:
         log.trust.log.consistency_bundle(new, old)
     # A checkpoint of a different history (a fork) is not consistent with the new one.
     rewrite_record(log, 2, user="mallory@example.com")
-    forked = log.sign()
-    forked_bundle = {**bundle, "old": old.note, "new": forked.note}
+    with pytest.raises(SignerRefused):
+        log.sign()
+    forked = sign_with_own_tool(log, log.trust.signing_key().signer)  # someone who stole the key
+    forked_bundle = {**bundle, "old": old.note, "new": forked}
     forked_bundle["proof"] = log.trust.log.consistency_bundle(old, forked)["proof"]
     assert not integrity.verify_bundle(forked_bundle, log.key).ok
 
@@ -404,6 +410,9 @@ def test_proof_and_verify_proof_from_the_command_line(tmp_path: Path) -> None:
     key = run("keys", "show", "--database", str(db)).stdout.strip()
     assert key.count("+") >= 2
     bundle = tmp_path / "bundle.json"
+    r = run("proof", "00000000-0000-0000-0000-000000000003", "--output", str(bundle), "--database", str(db))
+    assert r.returncode == 1 and "spintrail checkpoint" in r.stderr  # proof only reads: it signs nothing
+    assert run("checkpoint", "--database", str(db)).returncode == 0
     r = run("proof", "00000000-0000-0000-0000-000000000003", "--output", str(bundle), "--database", str(db))
     assert r.returncode == 0, r.stderr
     # The third party has only the bundle and the key: an empty directory, no database, no settings.
@@ -495,6 +504,21 @@ def _leaves_from(log: Log, start: int) -> None:
     )
     conn.execute("COMMIT")
     conn.close()
+
+
+def sign_with_own_tool(log: Log, signer: str) -> str:
+    """Sign and store a checkpoint of the log as the database holds it, as an attacker's own tool would."""
+    conn = sqlite3.connect(log.path)
+    state = integrity.load_state(conn)
+    cp = checkpoint.Checkpoint(origin=log.trust.origin, size=state.size, root=state.root)
+    note = checkpoint.sign_checkpoint(cp, signer)
+    with conn:
+        conn.execute(
+            "INSERT INTO integrity_checkpoints(size, root, created_at, note) VALUES (?, ?, ?, ?)",
+            (state.size, state.root, 1, note),
+        )
+    conn.close()
+    return note
 
 
 def rewrite_record(log: Log, row: int, **fields: Any) -> None:

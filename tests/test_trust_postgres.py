@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from spintrail import accesslog, dbutil, integrity, keys, scrub, tokens
 from spintrail.normalize import normalize
 from spintrail.settings import Settings
+from spintrail.signer_state import SignerGuard, SignerState
 from spintrail.store.base import PreparedEvent, Written
 
 psycopg = pytest.importorskip("psycopg")
@@ -60,7 +62,7 @@ def pg() -> Iterator[SchemaStore]:
         admin.close()
 
 
-def test_trust_tables_and_log_on_postgresql(pg: SchemaStore) -> None:
+def test_trust_tables_and_log_on_postgresql(pg: SchemaStore, tmp_path: Path) -> None:
     for component, migrations in (
         ("trust_meta", keys.MIGRATIONS),
         ("tokens", tokens.MIGRATIONS),
@@ -125,6 +127,8 @@ def test_trust_tables_and_log_on_postgresql(pg: SchemaStore) -> None:
     assert scrub.records_with(conn, scrubber.hash_value("s3cret")) == list(range(1, 8))
 
     signer, verifier = integrity.notes.generate_signer_key("spintrail-pg")
+    log.guard = SignerGuard(SignerState(tmp_path, verifier, log.origin))
+    log.guard.start(conn, first_use=True)
     first = log.sign(signer)
     assert first.size == 7 and log.checkpoint_of_size(7) == first
     record = written[2].item.record

@@ -25,7 +25,14 @@ from spintrail.output import Format, emit
 from spintrail.query import FILTER_HELP, FILTER_NAMES, FilterError, Filters, parse_limit
 from spintrail.record import API_FIELDS
 from spintrail.settings import Settings, load_settings
-from spintrail.store import PreparedEvent, Store, StoreError, open_store
+from spintrail.store import (
+    PreparedEvent,
+    Store,
+    StoreError,
+    StoreMissing,
+    StoreNeedsMigration,
+    open_store,
+)
 
 app = typer.Typer(
     name="spintrail",
@@ -68,14 +75,19 @@ def settings_from(config: Path | None = None, **overrides: Any) -> Settings:
         raise fail(f"invalid settings: {exc}") from None
 
 
-def open_store_or_exit(settings: Settings) -> Store:
+def open_store_or_exit(settings: Settings, *, read_only: bool = False) -> Store:
+    """The store of ``settings``; ``read_only`` for commands that only examine it (exit 2 when it is
+    missing or needs a schema upgrade first)."""
     try:
         return open_store(
             settings.database,
             batch_max=settings.commit_batch_max,
             queue_max=settings.write_queue_max,
             pool_size=settings.postgres_pool_size,
+            read_only=read_only,
         )
+    except (StoreNeedsMigration, StoreMissing) as exc:
+        raise fail(f"{exc}", 2) from None
     except StoreError as exc:
         raise fail(f"{exc}") from None
 
@@ -153,6 +165,7 @@ def serve(
         load_demo(settings)
     check_sinks(settings)
     store = open_store_or_exit(settings)
+    from spintrail.signer_state import EXIT_REFUSED, SignerRefused
     from spintrail.trust_api import banner
 
     tls = tls_options(settings)
@@ -160,6 +173,9 @@ def serve(
     try:
         for line in banner(settings, store):
             err.print(line, style="bold red" if line.startswith("WARNING") else None, highlight=False)
+    except SignerRefused as exc:
+        store.close()
+        raise fail(f"refusing to start: {exc}", EXIT_REFUSED) from None
     except Exception as exc:
         store.close()
         raise fail(f"cannot set up authentication and signing keys: {exc}") from None
@@ -557,8 +573,9 @@ def migrate_(
     config: ConfigOpt = None,
     format: FormatOpt = Format.table,
 ) -> None:
-    """Copy a whole store to another (SQLite to PostgreSQL or back), ids and raw bytes kept; re-runnable."""
-    from spintrail.transfer import REPORT_COLUMNS, TransferError, copy_store
+    """Copy a whole store to another (SQLite to PostgreSQL or back), ids and raw bytes kept, with its
+    tamper-evident log and signed checkpoints; re-runnable."""
+    from spintrail.transfer import REPORT_COLUMNS, TransferError, copy_integrity, copy_store
 
     if source.strip() == target.strip():
         raise fail("--from and --to name the same database", 2)
@@ -580,6 +597,9 @@ def migrate_(
         ) as progress:
             task = progress.add_task("migrate", total=total)
             report = copy_store(src, dst, progress=lambda n: progress.advance(task, n))
+        copied = copy_integrity(src, dst)
+        source_settings = settings.model_copy(update={"database": source})
+        key_line = _target_key(source_settings, dst, copied.verifier_key)
     except TransferError as exc:
         raise fail(str(exc)) from None
     except StoreError as exc:
@@ -588,10 +608,41 @@ def migrate_(
         dst.close()
         src.close()
     emit([report.row()], REPORT_COLUMNS, format, title="migrate")
+    err.print(
+        f"tamper-evident log: {copied.leaves} leaves and {copied.checkpoints} signed checkpoints copied. "
+        + key_line,
+        highlight=False,
+    )
     if report.target_events < report.source_events:
         raise fail(
             f"the target holds {report.target_events} events, fewer than the source's {report.source_events}"
         )
+
+
+def _target_key(source_settings: Settings, target: Store, recorded: str | None) -> str:
+    """Which key the target signs with, recorded in it when the source had not recorded one yet."""
+    from spintrail import dbutil, keys
+    from spintrail.signer_state import SignerState
+
+    path = keys.default_signing_key_path(source_settings)
+    verifier = recorded
+    if verifier is None and path.exists():
+        verifier = keys.signing_key(source_settings, create=False).verifier
+        conn = target.connect()
+        try:
+            if not dbutil.is_sqlite(conn):
+                conn.autocommit = True
+            keys.record_installation_key(conn, verifier)
+        finally:
+            conn.close()
+    if verifier is None:
+        return "The source has no signing key yet: the target's first server creates the installation's key."
+    state = SignerState(keys.signer_state_dir(source_settings), verifier, "-")
+    return (
+        f"The target signs with the source's key {'+'.join(verifier.split('+')[:2])}: start its servers with "
+        f"signing_key_file = {path.absolute()} and the signer's state {state.path.name} in signer_state_dir "
+        f"(now {state.directory}); checkpoints signed before the move verify with the same verifier key."
+    )
 
 
 @app.command()
@@ -613,7 +664,7 @@ def check(
     from spintrail.store import CheckReport
 
     settings = settings_from(config, database=database)
-    store = open_store_or_exit(settings)
+    store = open_store_or_exit(settings, read_only=True)
     try:
         with Progress(
             TextColumn("verifying raw blobs"),

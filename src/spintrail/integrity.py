@@ -47,6 +47,7 @@ from spintrail import checkpoint as notes
 from spintrail import dbutil, merkle
 from spintrail.query import FilterError, parse_time
 from spintrail.record import API_FIELDS, LIST_FIELDS, TEXT_FIELDS, AuditRecord, format_time
+from spintrail.signer_state import SignerGuard, SignerRefused
 from spintrail.store.base import Store, Written
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,9 @@ LEAF_PREFIX = b"spintrail-leaf/v1\n"
 GENESIS = bytes(32)
 BUNDLE_FORMAT = "spintrail-evidence/v1"
 CONSISTENCY_FORMAT = "spintrail-consistency/v1"
+
+#: The name the log's schema migrations are recorded under.
+COMPONENT = "integrity"
 
 MIGRATIONS: dict[str, list[tuple[int, str]]] = {
     "sqlite": [
@@ -279,6 +283,8 @@ class IntegrityLog:
         self.checkpoint_dir: Path | None = None
         #: Called with every checkpoint after it is committed (e.g. to forward it off the machine).
         self.listeners: list[Listener] = []
+        #: Checks, before each signature, that the log extends the head the signer signed last.
+        self.guard: SignerGuard | None = None
         self._sign_lock = threading.Lock()
 
     # -- writing -----------------------------------------------------------------------------------
@@ -426,25 +432,29 @@ class IntegrityLog:
     def sign(self, signer: str, *, now_ms: int | None = None) -> StoredCheckpoint:
         """Sign and store a checkpoint of the log as it is now (serialized with writers), export it, and
         tell the listeners."""
+        if self.guard is None:
+            raise SignerRefused("the signer is not started: load the signing key through Trust.signing_key")
         with self._sign_lock:
             conn = self.conns.get()
             with dbutil.transaction(conn, lock="integrity_state"):
                 state = load_state(conn)
+                # The root signed is the signer's own tree extended by the new leaves, never the database's
+                # word alone (SignerRefused when the two differ).
+                tree = self.guard.extend(conn, state.size, state.root)
+                size, root = tree.size, tree.root()
                 now = now_ms if now_ms is not None else int(time.time() * 1000)
                 cp = notes.Checkpoint(
-                    origin=self.origin,
-                    size=state.size,
-                    root=state.root,
-                    extensions=(f"time {format_time(now)}",),
+                    origin=self.origin, size=size, root=root, extensions=(f"time {format_time(now)}",)
                 )
                 note = notes.sign_checkpoint(cp, signer)
                 cur = dbutil.execute(
                     conn,
                     "INSERT INTO integrity_checkpoints(size, root, created_at, note) VALUES (?, ?, ?, ?)"
                     " RETURNING id",
-                    (state.size, state.root, now, note),
+                    (size, root, now, note),
                 )
-                stored = StoredCheckpoint(int(cur.fetchall()[0][0]), state.size, state.root, now, note)
+                stored = StoredCheckpoint(int(cur.fetchall()[0][0]), size, root, now, note)
+            self.guard.signed(tree, now, note)
         if self.checkpoint_dir is not None:
             try:
                 export_checkpoint(self.checkpoint_dir, stored)
@@ -491,7 +501,7 @@ class IntegrityLog:
             if signer is None:
                 raise IntegrityError(
                     f"no signed checkpoint covers leaf {index} yet: wait for the next checkpoint "
-                    "(checkpoint_seconds) and try again"
+                    "(checkpoint_seconds) or sign one with `spintrail checkpoint`, and try again"
                 )
             cp = self.sign(signer)
         hashes = self.leaf_hashes(cp.size)
@@ -1122,9 +1132,15 @@ class Checkpointer:
 
     def _run(self) -> None:
         poll = min(1.0, self.every_seconds)
+        refused = ""
         while not self._stop.wait(poll):
             try:
                 self.run_once()
+                refused = ""
+            except SignerRefused as exc:  # said once, not every second: nothing is signed until it is fixed
+                if str(exc) != refused:
+                    log.error("integrity: not signing: %s", exc)
+                    refused = str(exc)
             except Exception:
                 log.exception("integrity: signing a checkpoint failed; retrying")
             for tick in self.ticks:
@@ -1141,6 +1157,8 @@ class Checkpointer:
         try:
             if self.log.state().size != self._last_size:
                 self.log.sign(self.signer)
+        except SignerRefused as exc:
+            log.error("integrity: no final checkpoint: %s", exc)
         except Exception:
             log.exception("integrity: the final checkpoint could not be signed")
         for tick in self.ticks:

@@ -53,13 +53,25 @@ def _meta(conn: Any, name: str, make: bytes) -> bytes:
     return dbutil.as_bytes(row[0])
 
 
-def installation_id(conn: Any) -> str:
-    """This installation's id (a UUID generated on first start)."""
+def installation_id(conn: Any, *, create: bool = True) -> str | None:
+    """This installation's id (a UUID generated on first start; ``None`` when there is none and not
+    ``create``)."""
+    if not create:
+        row = dbutil.one(conn, "SELECT value FROM trust_meta WHERE name = ?", ("installation_id",))
+        return dbutil.as_bytes(row[0]).decode() if row else None
     return _meta(conn, "installation_id", uuid.uuid4().hex.encode()).decode()
 
 
-def redaction_key(conn: Any, settings: Settings) -> bytes:
-    """The redaction key: from ``redaction_key_file`` (created when missing) or the database."""
+def redaction_key(conn: Any, settings: Settings, *, create: bool = True) -> bytes:
+    """The redaction key: from ``redaction_key_file`` (created when missing) or the database. When not
+    ``create`` and there is none yet, a throw-away key (nothing is stored, nothing is redacted with it)."""
+    if not create:
+        path = settings.redaction_key_file
+        if path is not None and path.exists():
+            return _key_file(path)
+        query = "SELECT value FROM trust_meta WHERE name = ?"
+        row = None if path else dbutil.one(conn, query, ("redaction_key",))
+        return dbutil.as_bytes(row[0]) if row else secrets.token_bytes(REDACTION_KEY_BYTES)
     if settings.redaction_key_file is not None:
         return _key_file(settings.redaction_key_file)
     return _meta(conn, "redaction_key", secrets.token_bytes(REDACTION_KEY_BYTES))
@@ -144,6 +156,28 @@ def signing_key(settings: Settings, *, name_hint: str = "spintrail", create: boo
     except checkpoint.CheckpointError as exc:
         raise KeyFileError(f"signing key file {path} is not a valid signer key: {exc}") from None
     return SigningKey(signer=signer, verifier=verifier, path=path)
+
+
+#: ``trust_meta`` entry holding the verifier key of the installation's signing key (recorded on first use).
+INSTALLATION_KEY = "signing_verifier_key"
+
+
+def installation_key(conn: Any) -> str | None:
+    """The verifier key this installation signs with, as recorded on first use (``None``: not yet)."""
+    row = dbutil.one(conn, "SELECT value FROM trust_meta WHERE name = ?", (INSTALLATION_KEY,))
+    return dbutil.as_bytes(row[0]).decode() if row else None
+
+
+def record_installation_key(conn: Any, verifier: str) -> str:
+    """Record ``verifier`` as the installation's key unless one is recorded; returns the recorded one."""
+    return _meta(conn, INSTALLATION_KEY, verifier.encode()).decode()
+
+
+def signer_state_dir(settings: Settings) -> Path:
+    """Where the signer keeps its last signed head: ``signer_state_dir``, else the key file's directory."""
+    if settings.signer_state_dir is not None:
+        return settings.signer_state_dir
+    return default_signing_key_path(settings).absolute().parent
 
 
 def verifier_of(signer: str) -> str:

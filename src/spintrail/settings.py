@@ -211,6 +211,12 @@ class Settings(BaseSettings):
         description="Ed25519 key that signs checkpoints (created on first start, mode 0600). Default: "
         "beside the SQLite file (`<database>.signing-key`), or `./spintrail-signing.key`.",
     )
+    signer_state_dir: Path | None = Field(
+        None,
+        description="Directory where the signer keeps the last tree head it signed, outside the database, "
+        "so it never signs a log that does not extend it. It must persist across restarts (in Kubernetes a "
+        "volume). Default: the directory of `signing_key_file`.",
+    )
     log_origin: str | None = Field(
         None,
         description="Name of this log in signed checkpoints. Default: `spintrail/<installation id>`.",

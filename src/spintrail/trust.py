@@ -12,9 +12,10 @@ import logging
 import threading
 from typing import Any
 
-from spintrail import accesslog, dbutil, integrity, keys, scrub, tokens
+from spintrail import accesslog, dbutil, integrity, keys, scrub, signer_state, tokens
 from spintrail.record import AuditRecord
 from spintrail.settings import Settings
+from spintrail.signer_state import SignerRefused
 from spintrail.store import Store
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,9 @@ class Trust:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
+        #: On a read-only store (verification): nothing is created, migrated, backfilled or hooked.
+        self.read_only: bool = getattr(store, "read_only", False)
+        writable = not self.read_only
         for component, migrations in (
             ("trust_meta", keys.MIGRATIONS),
             ("tokens", tokens.MIGRATIONS),
@@ -38,13 +42,15 @@ class Trust:
             ("integrity", integrity.MIGRATIONS),
             ("redaction", scrub.MIGRATIONS),
         ):
-            dbutil.migrate(store, component, migrations)
+            # Read-only (a check of the log needs only its own tables): the store checks, never migrates.
+            if writable or component in ("trust_meta", "integrity"):
+                dbutil.migrate(store, component, migrations)
         self.conns = dbutil.Connections(store)
         conn = self.conns.get()
-        self.installation_id = keys.installation_id(conn)
+        self.installation_id = keys.installation_id(conn, create=writable) or "unknown"
         self.origin = settings.log_origin or f"spintrail/{self.installation_id}"
         self.scrubber = scrub.Scrubber(
-            keys.redaction_key(conn, settings),
+            keys.redaction_key(conn, settings, create=writable),
             raw_events=settings.raw_events,
             extra_patterns=tuple(settings.secret_key_patterns),
         )
@@ -52,18 +58,57 @@ class Trust:
         self.access = accesslog.AccessLog(self.conns)
         self.log = integrity.IntegrityLog(store, self.conns, self.origin)
         self.log.checkpoint_dir = settings.checkpoint_dir
-        store.write_hooks.append(scrub.index_hook)
-        store.write_hooks.append(self.log.hook)
-        self.log.backfill()
+        if writable:
+            store.write_hooks.append(scrub.index_hook)
+            store.write_hooks.append(self.log.hook)
+            self.log.backfill()
         self._signing: keys.SigningKey | None = None
+        self._signer_lock = threading.Lock()
 
     def signing_key(self, *, create: bool = True) -> keys.SigningKey:
-        """The checkpoint signing key (created with mode 0600 on first use when ``create``)."""
-        if self._signing is None:
-            self._signing = keys.signing_key(
-                self.settings, name_hint=f"spintrail-{self.installation_id[:8]}", create=create
-            )
+        """The checkpoint signing key, ready to sign: the installation's key (created with mode 0600 on the
+        installation's first start), with the signer's state checked (``signer_state.SignerGuard``).
+
+        Raises ``SignerRefused`` when the key file is not the installation's or the database's log does not
+        extend what this key signed. ``create=False``: only read the key file (no check, nothing created).
+        """
+        if self._signing is not None:
+            return self._signing
+        if not create or self.read_only:
+            return keys.signing_key(self.settings, create=False)
+        with self._signer_lock:
+            if self._signing is None:
+                self._signing = self._start_signer()
         return self._signing
+
+    def _start_signer(self) -> keys.SigningKey:
+        conn = self.conns.get()
+        recorded = keys.installation_key(conn)
+        path = keys.default_signing_key_path(self.settings)
+        if recorded is not None and not path.exists():
+            raise SignerRefused(
+                f"signing_key_file {path} does not exist, and this installation signs with key "
+                f"{_key_id(recorded)}: mount the installation's key file there (every replica shares one "
+                "key) instead of letting a new key be created"
+            )
+        key = keys.signing_key(self.settings, name_hint=f"spintrail-{self.installation_id[:8]}")
+        if recorded is not None and recorded != key.verifier:
+            raise SignerRefused(
+                f"signing_key_file {key.path} holds key {_key_id(key.verifier)}, but this installation signs "
+                f"with key {_key_id(recorded)}: give every replica the installation's key file"
+            )
+        state = signer_state.state_for(self.settings, key.verifier, self.origin)
+        guard = signer_state.SignerGuard(state)
+        guard.start(conn, first_use=recorded is None)  # the state exists from here on
+        if recorded is None:
+            winner = keys.record_installation_key(conn, key.verifier)
+            if winner != key.verifier:  # another replica recorded its key first
+                raise SignerRefused(
+                    f"signing_key_file {key.path} holds key {_key_id(key.verifier)}, but this installation "
+                    f"signs with key {_key_id(winner)}: give every replica the installation's key file"
+                )
+        self.log.guard = guard
+        return key
 
     def find_value(self, value: str, *, limit: int = 100) -> tuple[dict[str, str], list[AuditRecord]]:
         """Does ``value`` appear? Its hashes (as itself and as the credential of an ``Authorization``-style
@@ -85,6 +130,11 @@ class Trust:
 
     def close(self) -> None:
         self.conns.close()
+
+
+def _key_id(verifier: str) -> str:
+    """``name+id`` of a verifier key (enough to tell keys apart in a message)."""
+    return "+".join(verifier.split("+")[:2])
 
 
 def install(store: Store, settings: Settings) -> Trust:

@@ -16,6 +16,7 @@ from spintrail import auth, integrity
 from spintrail.query import FilterError, parse_limit, parse_time
 from spintrail.record import AuditRecord
 from spintrail.settings import Settings
+from spintrail.signer_state import SignerRefused
 from spintrail.store import Store
 from spintrail.trust import HASH_FORMS, Trust, install
 
@@ -252,6 +253,8 @@ async def proof(
         bundle = await run_in_threadpool(make)
     except integrity.IntegrityError as exc:
         return _error(409, "not_provable", str(exc))
+    except SignerRefused as exc:  # a checkpoint was needed and the signer will not sign this log
+        return _error(503, "signer_refused", str(exc))
     return JSONResponse(bundle)
 
 

@@ -17,7 +17,8 @@ from spintrail.output import Format, emit
 from spintrail.query import FilterError, parse_limit, parse_time
 from spintrail.record import API_FIELDS
 from spintrail.settings import Settings
-from spintrail.store import Store
+from spintrail.signer_state import EXIT_REFUSED, SignerRefused
+from spintrail.store import Store, StoreNeedsMigration
 from spintrail.trust import Trust, install
 
 tokens_app = typer.Typer(help="Create, list and revoke API tokens (stored hashed; secrets shown once).")
@@ -37,11 +38,17 @@ KeyOpt = Annotated[
 class _Opened:
     """A store with trust installed, closed on exit."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, read_only: bool = False) -> None:
         self.settings = settings
-        self.store: Store = open_store_or_exit(settings)
+        self.store: Store = open_store_or_exit(settings, read_only=read_only)
         try:
             self.trust: Trust = install(self.store, settings)
+        except StoreNeedsMigration as exc:
+            self.store.close()
+            raise fail(str(exc), 2) from None
+        except SignerRefused as exc:
+            self.store.close()
+            raise fail(str(exc), EXIT_REFUSED) from None
         except Exception as exc:
             self.store.close()
             raise fail(f"cannot open the trust tables of {settings.database}: {exc}") from None
@@ -54,8 +61,10 @@ class _Opened:
         self.store.close()
 
 
-def _opened(config: Path | None, database: str | None) -> _Opened:
-    return _Opened(settings_from(config, database=database))
+def _opened(config: Path | None, database: str | None, *, read_only: bool = False) -> _Opened:
+    """The store and its trust components; ``read_only`` for commands that only examine the evidence
+    (nothing is written, created or migrated)."""
+    return _Opened(settings_from(config, database=database), read_only=read_only)
 
 
 # --------------------------------------------------------------------------------------------- tokens
@@ -190,7 +199,10 @@ def keys_show(
 ) -> None:
     """Print the public verifier key of the checkpoints (give it to auditors)."""
     with _opened(config, database) as o:
-        key = o.trust.signing_key()
+        try:
+            key = o.trust.signing_key()
+        except SignerRefused as exc:
+            raise fail(str(exc), EXIT_REFUSED) from None
         row = {
             "origin": o.trust.origin,
             "key_name": key.name,
@@ -208,7 +220,10 @@ def keys_show(
 def checkpoint_now(database: DatabaseOpt = None, config: ConfigOpt = None) -> None:
     """Sign a checkpoint of the log now and print it (also written to checkpoint_dir)."""
     with _opened(config, database) as o:
-        cp = o.trust.log.sign(o.trust.signing_key().signer)
+        try:
+            cp = o.trust.log.sign(o.trust.signing_key().signer)
+        except SignerRefused as exc:
+            raise fail(str(exc), EXIT_REFUSED) from None
     typer.echo(cp.note, nl=False)
 
 
@@ -259,7 +274,7 @@ def verify(
         if not p.exists():
             raise fail(f"{p} does not exist: pass checkpoint files or the checkpoint_dir directory", 2)
     exported = integrity.read_checkpoint_files(checkpoints or [])
-    with _opened(config, database) as o:
+    with _opened(config, database, read_only=True) as o:
         keys = _verifier_keys(key, o.trust)
         with Progress(
             TextColumn("verify"),
@@ -327,29 +342,29 @@ def proof(
     database: DatabaseOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Write the evidence bundle of one event: record, raw hash, leaf, inclusion proof, signed checkpoint.
-    A third party checks it with `spintrail verify-proof BUNDLE --key VERIFIER_KEY`."""
-    from spintrail.accesslog import Access
-
-    with _opened(config, database) as o:
+    """Write the evidence bundle of one event: record, raw hash, leaf, inclusion proof, and the latest stored
+    signed checkpoint covering it (the database is only read). A third party checks it with
+    `spintrail verify-proof BUNDLE --key VERIFIER_KEY`."""
+    with _opened(config, database, read_only=True) as o:
         record = o.store.get(int(event_id)) if event_id.isdigit() and len(event_id) <= 18 else None
         record = record or o.store.get_by_event_id(event_id)
         if record is None:
             raise fail(f"no event with id or event_id {event_id!r}: find it with `spintrail search`", 2)
-        key = o.trust.signing_key()
+        try:  # read-only: the key file is only read when it is there, never created
+            verifier: str | None = o.trust.signing_key(create=False).verifier
+        except Exception:
+            verifier = None
         try:
-            bundle = o.trust.log.proof_bundle(
-                record, signer=key.signer, verifier=key.verifier, include_raw=raw
-            )
+            bundle = o.trust.log.proof_bundle(record, verifier=verifier, include_raw=raw)
         except integrity.IntegrityError as exc:
             raise fail(str(exc)) from None
-        o.trust.access.record(Access(principal="cli", action="proof", via="cli", target=record.event_id))
     text = json.dumps(bundle, indent=2, ensure_ascii=False) + "\n"
     if output is None:
         sys.stdout.write(text)
     else:
         output.write_text(text)
-        err.print(f"wrote {output}: check it with `spintrail verify-proof {output} --key '{key.verifier}'`")
+        shown = verifier or "VERIFIER_KEY"
+        err.print(f"wrote {output}: check it with `spintrail verify-proof {output} --key '{shown}'`")
 
 
 @app.command("verify-proof")
@@ -393,7 +408,7 @@ def consistency(
     format: FormatOpt = Format.table,
 ) -> None:
     """Prove the log only grew between two checkpoints (RFC 6962 consistency proof); exits 1 if not."""
-    with _opened(config, database) as o:
+    with _opened(config, database, read_only=True) as o:
         keys = _verifier_keys(key, o.trust)
         notes_ = [_checkpoint_arg(o.trust, old), _checkpoint_arg(o.trust, new)]
         try:

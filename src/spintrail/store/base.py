@@ -44,6 +44,14 @@ class StoreOverloaded(StoreError):
     """Too many events are waiting to be committed."""
 
 
+class StoreMissing(StoreUnavailable):
+    """There is no store where a read-only command was pointed."""
+
+
+class StoreNeedsMigration(StoreError):
+    """A store opened read-only was written by an older version and needs a schema upgrade first."""
+
+
 class StoreFull(StoreError):
     """The disk holding the store is full."""
 
@@ -317,6 +325,8 @@ class Store(abc.ABC):
                 setattr(cls, name, _scoped_filters(value))
 
     def __init__(self) -> None:
+        #: Opened for reading only: nothing is written, created or migrated.
+        self.read_only = False
         self.write_hooks: list[WriteHook] = []
         self.check_hooks: list[CheckHook] = []
         #: Seconds the writer may hold a group commit open for events that requests are still preparing.

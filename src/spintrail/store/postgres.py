@@ -29,7 +29,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+import psycopg.conninfo
 from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -48,10 +49,12 @@ from spintrail.store.base import (
     DAY,
     DAY_NUMBER_SQL,
     AppendResult,
+    CheckReport,
     Page,
     PreparedEvent,
     Store,
     StoreFull,
+    StoreNeedsMigration,
     StoreOverloaded,
     StoreStats,
     StoreUnavailable,
@@ -263,6 +266,31 @@ def migrate(conn: psycopg.Connection[Any], component: str, migrations: Sequence[
             log.info("postgresql: applied %s schema migration %d", component, version)
 
 
+def require_migrated(
+    conn: psycopg.Connection[Any], where: str, component: str, migrations: Sequence[tuple[int, str]]
+) -> None:
+    """Raise ``StoreNeedsMigration`` unless every migration of ``component`` was applied."""
+    try:
+        if conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None:  # type: ignore[index]
+            done: set[int] = set()
+        else:
+            done = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT version FROM schema_migrations WHERE component = %s", (component,)
+                ).fetchall()
+            }
+    except psycopg.Error as exc:
+        raise StoreUnavailable(f"cannot read {where}: {str(exc).strip()}") from exc
+    missing = [v for v, _ in migrations if v not in done]
+    if missing:
+        raise StoreNeedsMigration(
+            f"{where} needs a schema upgrade ({component} version {missing[0]}"
+            f"{'+' if len(missing) > 1 else ''}) that a read-only command does not make: start "
+            "`spintrail serve` on it once, then run this again"
+        )
+
+
 class PostgresStore(Store):
     """Events in a PostgreSQL database shared by any number of spintrail processes."""
 
@@ -276,8 +304,10 @@ class PostgresStore(Store):
         queue_max: int = 20000,
         pool_size: int = 10,
         connect_timeout: float = 5.0,
+        read_only: bool = False,
     ) -> None:
         super().__init__()
+        self.read_only = read_only
         self.url = url
         self.safe_url = redact_url(url)
         self.batch_max = batch_max
@@ -294,21 +324,14 @@ class PostgresStore(Store):
         self._month_retry: dict[str, float] = {}
         self._ahead_at = 0.0
         self.commit_observer: Any = None  # callable(seconds, events) set by the app for metrics
+        self._writer: threading.Thread | None = None
         conn = self._open_connection(autocommit=True, role="setup")
         try:
-            try:
-                migrate(conn, "events", MIGRATIONS)
-                migrate(conn, "events-reports", REPORT_MIGRATIONS)
-            except psycopg.Error as exc:
-                raise StoreUnavailable(
-                    f"cannot create the spintrail tables in {self.safe_url}: {exc}. Check that the user may "
-                    "create tables in the schema the URL selects."
-                ) from exc
-            conn.autocommit = False
-            try:
-                self._ensure_ahead(conn)
-            except psycopg.Error as exc:  # the writer tries again within the hour
-                log.warning("postgresql: cannot create the partitions ahead now: %s", exc)
+            if read_only:
+                for component, migrations in (("events", MIGRATIONS), ("events-reports", REPORT_MIGRATIONS)):
+                    require_migrated(conn, self.safe_url, component, migrations)
+            else:
+                self._setup(conn)
         finally:
             conn.close()
         self._pool = ConnectionPool(
@@ -319,14 +342,39 @@ class PostgresStore(Store):
                 "autocommit": True,
                 "application_name": "spintrail",
                 "connect_timeout": max(1, round(connect_timeout)),
+                **self._session_options(),
             },
             check=ConnectionPool.check_connection,
             timeout=connect_timeout,
             name="spintrail-read",
             open=True,
         )
-        self._writer = threading.Thread(target=self._run, name="spintrail-pg-writer", daemon=True)
-        self._writer.start()
+        if not read_only:
+            self._writer = threading.Thread(target=self._run, name="spintrail-pg-writer", daemon=True)
+            self._writer.start()
+
+    def _session_options(self) -> dict[str, str]:
+        """Connection options: a read-only store's sessions run every transaction read-only."""
+        if not self.read_only:
+            return {}
+        given = str(psycopg.conninfo.conninfo_to_dict(self.url).get("options") or "")
+        return {"options": f"{given} -c default_transaction_read_only=on".strip()}
+
+    def _setup(self, conn: psycopg.Connection[Any]) -> None:
+        """Create or upgrade the tables and the partitions ahead (``conn`` is closed afterwards)."""
+        try:
+            migrate(conn, "events", MIGRATIONS)
+            migrate(conn, "events-reports", REPORT_MIGRATIONS)
+        except psycopg.Error as exc:
+            raise StoreUnavailable(
+                f"cannot create the spintrail tables in {self.safe_url}: {exc}. Check that the user may "
+                "create tables in the schema the URL selects."
+            ) from exc
+        conn.autocommit = False
+        try:
+            self._ensure_ahead(conn)
+        except psycopg.Error as exc:  # the writer tries again within the hour
+            log.warning("postgresql: cannot create the partitions ahead now: %s", exc)
 
     # -- connections -------------------------------------------------------------------------------
 
@@ -337,6 +385,7 @@ class PostgresStore(Store):
                 autocommit=autocommit,
                 connect_timeout=max(1, round(self.connect_timeout)),
                 application_name=f"spintrail-{role}",
+                **self._session_options(),
             )
         except psycopg.Error as exc:
             raise StoreUnavailable(
@@ -352,7 +401,10 @@ class PostgresStore(Store):
         """Apply another component's schema migrations (forwarding outbox, integrity log) to this database."""
         conn = self.connect()
         try:
-            migrate(conn, component, migrations)
+            if self.read_only:
+                require_migrated(conn, self.safe_url, component, migrations)
+            else:
+                migrate(conn, component, migrations)
         finally:
             conn.close()
 
@@ -393,6 +445,8 @@ class PostgresStore(Store):
         with self._lock:
             if self._closed:
                 raise StoreUnavailable("the store is shutting down")
+            if self._writer is None:
+                raise StoreUnavailable(f"{self.safe_url} is open read-only")
             if self._down is not None:
                 raise StoreUnavailable(self._down)
             if self._pending and self._pending + len(items) > self.queue_max:
@@ -1088,7 +1142,7 @@ class PostgresStore(Store):
     def ping(self) -> None:
         if self._down is not None:
             raise StoreUnavailable(self._down)
-        if not self._writer.is_alive():
+        if self._writer is not None and not self._writer.is_alive():
             raise StoreUnavailable("the PostgreSQL writer thread has stopped")
         try:
             with self._pool.connection(timeout=2) as conn:
@@ -1136,13 +1190,31 @@ class PostgresStore(Store):
                 out.append((rec, self._blob(raw_id, rec.time, conn) if raw_id is not None else None))
             return out
 
+    def check(
+        self, *, quick: bool = False, progress: Callable[[int, int], None] | None = None
+    ) -> CheckReport:
+        from spintrail.store.postgres_check import check_postgres
+
+        conn = self._open_connection(autocommit=True, role="check")
+        try:
+            return check_postgres(
+                conn, quick=quick, progress=progress, hooks=self.check_hooks, clean=clean_text
+            )
+        except psycopg.Error as exc:
+            report = CheckReport(backend=self.backend)
+            report.add("schema", f"the database cannot be read: {str(exc).strip()}")
+            return report
+        finally:
+            conn.close()
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        self._queue.put(_STOP)
-        self._writer.join()
+        if self._writer is not None:
+            self._queue.put(_STOP)
+            self._writer.join()
         self._pool.close()
 
 

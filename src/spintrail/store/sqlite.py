@@ -16,6 +16,7 @@ import queue
 import sqlite3
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
@@ -36,6 +37,8 @@ from spintrail.store.base import (
     PreparedEvent,
     Store,
     StoreFull,
+    StoreMissing,
+    StoreNeedsMigration,
     StoreOverloaded,
     StoreStats,
     StoreUnavailable,
@@ -375,10 +378,18 @@ class SqliteStore(Store):
     backend = "sqlite"
 
     def __init__(
-        self, path: str | os.PathLike[str], *, batch_max: int = 2000, queue_max: int = 20000
+        self,
+        path: str | os.PathLike[str],
+        *,
+        batch_max: int = 2000,
+        queue_max: int = 20000,
+        read_only: bool = False,
     ) -> None:
         super().__init__()
         self.path = str(path)
+        self.read_only = read_only
+        if read_only and (self.path == ":memory:" or not Path(self.path).is_file()):
+            raise StoreMissing(f"there is no SQLite database at {self.path}")
         if self.path != ":memory:":
             parent = Path(self.path).parent
             if not parent.exists():
@@ -403,18 +414,32 @@ class SqliteStore(Store):
         self.commit_observer: Any = None  # callable(seconds, events) set by the app for metrics
         self.disk_full = False  # the last commit failed for lack of disk space
         self._disk_full_logged = 0.0
+        self._writer: threading.Thread | None = None
         conn = self._connect()
         try:
-            self._migrate(conn)
+            if read_only:
+                for component, migrations in (("events", MIGRATIONS), ("events-reports", REPORT_MIGRATIONS)):
+                    require_migrated(conn, self.path, component, migrations)
+            else:
+                self._migrate(conn)
         finally:
             conn.close()
-        self._writer = threading.Thread(target=self._run, name="spintrail-sqlite-writer", daemon=True)
-        self._writer.start()
+        if not read_only:
+            self._writer = threading.Thread(target=self._run, name="spintrail-sqlite-writer", daemon=True)
+            self._writer.start()
 
     # -- connections -------------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
         try:
+            if self.read_only:
+                # mode=ro: SQLite never writes the file or its WAL (it only maps the -shm index).
+                uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
+                conn = sqlite3.connect(
+                    uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30
+                )
+                conn.execute("PRAGMA busy_timeout=30000")
+                return conn
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
@@ -440,10 +465,14 @@ class SqliteStore(Store):
         migrate(conn, "events-reports", REPORT_MIGRATIONS)
 
     def migrate_component(self, component: str, migrations: Sequence[tuple[int, str]]) -> None:
-        """Apply another component's schema migrations (forwarding outbox, integrity log) to this file."""
+        """Apply another component's schema migrations (forwarding outbox, integrity log) to this file;
+        read-only, check that they were applied."""
         conn = self._connect()
         try:
-            migrate(conn, component, migrations)
+            if self.read_only:
+                require_migrated(conn, self.path, component, migrations)
+            else:
+                migrate(conn, component, migrations)
         finally:
             conn.close()
 
@@ -465,6 +494,8 @@ class SqliteStore(Store):
         with self._lock:
             if self._closed:
                 raise StoreUnavailable("the store is shutting down")
+            if self._writer is None:
+                raise StoreUnavailable(f"{self.path} is open read-only")
             if self._pending and self._pending + len(items) > self.queue_max:
                 raise StoreOverloaded(f"{self._pending} events are waiting to be committed")
             self._pending += len(items)
@@ -1031,7 +1062,7 @@ class SqliteStore(Store):
 
     def ping(self) -> None:
         self._read("SELECT 1")
-        if not self._writer.is_alive():
+        if self._writer is not None and not self._writer.is_alive():
             raise StoreUnavailable("the SQLite writer thread has stopped")
 
     def stats(self) -> StoreStats:
@@ -1076,8 +1107,9 @@ class SqliteStore(Store):
             if self._closed:
                 return
             self._closed = True
-        self._queue.put(_STOP)
-        self._writer.join()
+        if self._writer is not None:
+            self._queue.put(_STOP)
+            self._writer.join()
         with self._lock:
             for conn in self._readers:
                 with contextlib.suppress(sqlite3.Error):
@@ -1183,6 +1215,28 @@ def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[tuple
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def require_migrated(
+    conn: sqlite3.Connection, path: str, component: str, migrations: Sequence[tuple[int, str]]
+) -> None:
+    """Raise ``StoreNeedsMigration`` unless every migration of ``component`` was applied to the file."""
+    try:
+        done = {
+            row[0]
+            for row in conn.execute("SELECT version FROM schema_migrations WHERE component = ?", (component,))
+        }
+    except sqlite3.OperationalError:  # no schema_migrations table: not a spintrail store (yet)
+        done = set()
+    except sqlite3.DatabaseError as exc:
+        raise StoreUnavailable(f"cannot read SQLite database {path}: {exc}") from exc
+    missing = [v for v, _ in migrations if v not in done]
+    if missing:
+        raise StoreNeedsMigration(
+            f"{path} needs a schema upgrade ({component} version {missing[0]}"
+            f"{'+' if len(missing) > 1 else ''}) that a read-only command does not make: open it once "
+            "with `spintrail serve` (on a copy, to keep the original as it is), then run this again"
+        )
 
 
 def _split_sql(script: str) -> list[str]:
