@@ -22,6 +22,7 @@ from spintrail import (
     trust_api,
     web,
 )
+from spintrail.browsers import SecurityHeaders
 from spintrail.guard import InflightBytes, ReleaseInflight
 from spintrail.ingest import Ingestor
 from spintrail.metrics import Metrics
@@ -95,6 +96,7 @@ def create_app(
     if store is not None:
         app.state.ingestor = Ingestor(settings, store)
     app.add_middleware(ReleaseInflight)
+    app.add_middleware(SecurityHeaders)
     app.include_router(receive.router)
     receive.serve_directly(app)
     app.include_router(api.router)

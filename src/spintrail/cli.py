@@ -153,13 +153,19 @@ def serve(
         load_demo(settings)
     check_sinks(settings)
     store = open_store_or_exit(settings)
-    from spintrail.trust_api import banner
+    from spintrail.trust_api import banner, open_listen_refusal
 
     tls = tls_options(settings)
     scheme = "https" if tls else "http"
     try:
+        refusal = open_listen_refusal(settings, store)
+        if refusal:
+            store.close()
+            raise fail(refusal, 2)
         for line in banner(settings, store):
             err.print(line, style="bold red" if line.startswith("WARNING") else None, highlight=False)
+    except typer.Exit:
+        raise
     except Exception as exc:
         store.close()
         raise fail(f"cannot set up authentication and signing keys: {exc}") from None
