@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI
 from spintrail import (
     __version__,
     api,
+    apidocs,
     auth,
     checkpoint_forward,
     forward,
@@ -85,6 +86,8 @@ def create_app(
         version=__version__,
         description="The audit trail for Spinnaker: who changed what, where, when and why.",
         lifespan=lifespan,
+        docs_url=None,  # apidocs serves /docs from the swagger-ui-bundle package, not a CDN
+        redoc_url=None,
         # Every API route, including those added later, is authorized by its rule in auth.RULES.
         dependencies=[Depends(auth.authorize)],
     )
@@ -104,4 +107,5 @@ def create_app(
     app.include_router(forward_api.router)
     trust_api.setup(app)
     web.mount(app)
+    apidocs.mount(app)
     return app

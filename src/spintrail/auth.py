@@ -135,9 +135,7 @@ RULES: dict[str, Rule] = {
 }
 
 #: Routes that are not API routes (no dependencies run there) and are public by design.
-PUBLIC_NON_API_PATHS: frozenset[str] = frozenset(
-    {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/static"}
-)
+PUBLIC_NON_API_PATHS: frozenset[str] = frozenset({"/openapi.json", "/docs", "/docs/assets", "/static"})
 
 
 def rule_for(method: str, path: str) -> Rule | None:

@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from spintrail import __version__
+from spintrail import __version__, private
 from spintrail.output import Format, emit
 from spintrail.query import FILTER_HELP, FILTER_NAMES, FilterError, Filters, parse_limit
 from spintrail.record import API_FIELDS
@@ -436,7 +436,7 @@ def simulate(
         if str(output) == "-":
             n = write_ndjson(sim.events(), sys.stdout.buffer)
         else:
-            with output.open("wb") as fp, Progress(console=err) as progress:
+            with private.open_file(output, "wb") as fp, Progress(console=err) as progress:
                 task = progress.add_task("simulate", total=None)
 
                 def counted() -> Iterator[dict[str, Any]]:
@@ -703,6 +703,7 @@ def backup(
 
 def main() -> None:
     """Entry point of the ``spintrail`` command."""
+    private.restrict_umask()  # every file a command creates is its owner's only (private.py)
     app()
 
 
@@ -936,7 +937,7 @@ def export_(
             sys.stdout.buffer.flush()
             return
         with (
-            output.open("wb") as fp,
+            private.open_file(output, "wb") as fp,
             Progress(TextColumn("export"), TextColumn("{task.completed} bytes"), console=err) as progress,
         ):
             task = progress.add_task("export", total=None)

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from spintrail import integrity
+from spintrail import integrity, private
 from spintrail.cli import ConfigOpt, DatabaseOpt, FormatOpt, app, err, fail, open_store_or_exit, settings_from
 from spintrail.output import Format, emit
 from spintrail.query import FilterError, parse_limit, parse_time
@@ -403,7 +403,7 @@ def proof(
     if output is None:
         sys.stdout.write(text)
     else:
-        output.write_text(text)
+        private.write_text(output, text)
         err.print(f"wrote {output}: check it with `spintrail verify-proof {output} --key '{key.verifier}'`")
 
 
@@ -457,7 +457,7 @@ def consistency(
             raise fail(str(exc)) from None
     result = integrity.verify_bundle(bundle, keys[0])
     if output is not None:
-        output.write_text(json.dumps(bundle, indent=2) + "\n")
+        private.write_text(output, json.dumps(bundle, indent=2) + "\n")
         err.print(f"wrote {output}: check it with `spintrail verify-proof {output} --key VERIFIER_KEY`")
     row: dict[str, Any] = {
         "ok": result.ok,
