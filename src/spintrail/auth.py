@@ -202,7 +202,12 @@ def auth_error_response(request: Request, exc: AuthError) -> JSONResponse:
         from spintrail import web
 
         return web.render(
-            request, "error.html", status=403, code=403, message=exc.message, continue_url=str(request.url)
+            request,
+            "error.html",
+            status=403,
+            code=403,
+            message=exc.message,
+            continue_url=request.url.path + (f"?{request.url.query}" if request.url.query else ""),
         )
     return JSONResponse(
         {"error": exc.reason, "message": exc.message}, status_code=exc.status, headers=headers
