@@ -283,7 +283,7 @@ def test_signed_in_pages_render_under_the_csp(browser: Any, server_factory: Any,
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
     try:
         for path in (
-            "/search?since=all",
+            "/search?application=checkout",
             f"/events/{uuid.UUID(int=1)}",
             f"/executions/{uuid.UUID(int=10_001)}",
         ):

@@ -1,8 +1,10 @@
 """The API documentation page (``/docs``): Swagger UI over ``/openapi.json``, working offline.
 
-Swagger UI's files come from the ``swagger-ui-bundle`` package and are served by spintrail under
-``/docs/assets``; the page and the few lines that start Swagger UI (``static/api-docs.js``) are spintrail's,
-so the page needs no other site and no inline script (the Content-Security-Policy allows neither).
+Swagger UI's files come from a package on the registry, ``fastapi-offline`` (Swagger UI 5, which reads the
+OpenAPI 3.1 description FastAPI writes; ``swagger-ui-bundle`` ships Swagger UI 4, which cannot), and are
+served by spintrail under ``/docs/assets``; the page and the few lines that start Swagger UI
+(``static/api-docs.js``) are spintrail's, so the page needs no other site and no inline script (the
+Content-Security-Policy allows neither).
 """
 
 from __future__ import annotations
@@ -35,12 +37,13 @@ _PAGE = """<!doctype html>
 
 def mount(app: FastAPI) -> None:
     """Serve the documentation page and Swagger UI's files (FastAPI's own page loads them from a CDN)."""
-    from swagger_ui_bundle import swagger_ui_path
+    from importlib.resources import files
 
+    assets = files("fastapi_offline") / "static"
     page = _PAGE.format(assets=ASSETS_PATH, openapi=app.openapi_url or "/openapi.json")
 
     async def docs_page(request: Request) -> Response:
         return HTMLResponse(page)
 
     app.add_route(DOCS_PATH, docs_page, methods=["GET"], include_in_schema=False)
-    app.mount(ASSETS_PATH, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+    app.mount(ASSETS_PATH, StaticFiles(directory=str(assets)), name="docs-assets")
