@@ -64,7 +64,8 @@ def create_app(
         listeners = [app.state.checkpoint_forwarder.offer] if app.state.checkpoint_forwarder else []
         trust_api.start(app, settings, app.state.store, listeners)
         log.info("spintrail %s: store %s ready", __version__, app.state.store.backend)
-        receive_hec.warn_if_open(settings.hec_tokens)
+        if not app.state.authenticator.enabled():  # else the Splunk routes need a token anyway
+            receive_hec.warn_if_open(settings.hec_tokens)
         app.state.forwarder = forward.start_forwarding(settings, app.state.store, metrics.registry)
         stop_retention = retention.start_background(settings, app.state.store)
         try:

@@ -316,7 +316,7 @@ class Authenticator:
             if header:
                 hec = self._hec_principal(header.decode("latin-1"))
                 if hec is not None:
-                    return AuthResult(hec, None, enabled)
+                    return hec
         if header:
             result = self._from_authorization(header.decode("latin-1"))
             if result.principal is not None or enabled:
@@ -331,11 +331,19 @@ class Authenticator:
             return AuthResult(ANONYMOUS, None, False)
         return AuthResult(None, _NO_CREDENTIALS, True)
 
-    def _hec_principal(self, value: str) -> Principal | None:
-        """The principal of a ``hec_tokens`` secret in ``Authorization`` (Splunk, Bearer or Basic)."""
+    def _hec_principal(self, value: str) -> AuthResult | None:
+        """The principal of a ``hec_tokens`` secret in ``Authorization`` (``Splunk <token>`` or the Basic
+        password, as Splunk takes them), or ``None`` when the header holds no such secret."""
         secret, _ = secret_of(value)
         number = self._hec_tokens.get(secret or "")
-        return Principal(f"settings:hec-{number}", "ingest", None, "settings") if number else None
+        if not number:
+            return None
+        if value.strip().partition(" ")[0].lower() not in ("splunk", "basic"):
+            return AuthResult(
+                None,
+                AuthError(401, "bad_authorization", "send hec_tokens as `Authorization: Splunk <token>`", 3),
+            )
+        return AuthResult(Principal(f"settings:hec-{number}", "ingest", None, "settings"))
 
     def _from_authorization(self, value: str) -> AuthResult:
         secret, error = secret_of(value)
