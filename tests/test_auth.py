@@ -659,3 +659,22 @@ def test_hec_tokens_guard_the_splunk_route_in_open_mode(server_factory: Any) -> 
     ok = httpx.post(url, content=body, headers={"Authorization": "Splunk other"}, timeout=30)
     assert ok.json() == {"text": "Success", "code": 0}
     assert server.post(event(2)).status_code == 200  # the echo route stays open in open mode
+
+
+def test_the_authentication_state_is_kept_with_the_store(store: Any) -> None:
+    """Every replica reads the same state: it lives in the database, on both backends."""
+    settings = Settings(database="unused", token_cache_seconds=0)
+    trust = install(store, settings)
+    tokens = trust.tokens
+    authenticator = auth.Authenticator(settings, tokens)
+    assert tokens.auth_state() is None and not authenticator.enabled()
+    tokens.create("first", "admin", created_by="test")
+    assert tokens.auth_state() == "on" and authenticator.enabled()
+    tokens.revoke("first")
+    replica = auth.Authenticator(settings, tokens)  # another process over the same database
+    assert replica.enabled() and authenticator.enabled()
+    assert tokens.set_auth_state("off", by="test", reason="test") == "on"
+    assert not replica.enabled()
+    # auth = on, a proxy user header or token settings turn it on for the store too.
+    on = auth.Authenticator(Settings(database="unused", auth="on", token_cache_seconds=0), tokens)
+    assert on.enabled() and tokens.auth_state() == "on"
