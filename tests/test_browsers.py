@@ -292,3 +292,31 @@ def test_signed_in_pages_render_under_the_csp(browser: Any, server_factory: Any,
     finally:
         context.close()
     assert problems == [], problems
+
+
+@pytest.mark.parametrize(
+    ("headers", "public_url", "refused"),
+    [
+        ({b"host": b"[::1]:8080", b"origin": b"http://[::1]:8080"}, None, False),
+        ({b"host": b"Audit.Example.com", b"origin": b"https://audit.example.com"}, None, False),
+        ({b"host": b"audit.example.com:8080", b"origin": b"http://audit.example.com:8081"}, None, True),
+        ({b"host": b"audit.example.com", b"origin": b"https://audit.example.com.evil.io"}, None, True),
+        ({b"host": b"audit.example.com", b"origin": b"chrome-extension://abc"}, None, True),
+        ({b"origin": b"http://audit.example.com"}, None, True),  # no Host to compare with
+        (
+            {b"host": b"10.0.0.5:8080", b"origin": b"https://audit.example.com"},
+            "https://audit.example.com",
+            False,
+        ),
+        ({b"sec-fetch-site": b"same-origin"}, None, False),
+        ({b"sec-fetch-site": b"none"}, None, False),
+        ({b"sec-fetch-site": b"Cross-Site"}, None, True),
+        ({}, None, False),
+    ],
+)
+def test_what_counts_as_another_origin(
+    headers: dict[bytes, bytes], public_url: str | None, refused: bool
+) -> None:
+    from spintrail.browsers import cross_site_refusal
+
+    assert (cross_site_refusal(headers, public_url) is not None) == refused
