@@ -6,9 +6,14 @@ Authentication (``AuthMiddleware``, every HTTP request) accepts, in this order:
   the token as the password (what echo's ``username``/``password`` sends; the user name is not checked);
 * the user named by ``proxy_user_header``, only when the TCP peer is one of ``trusted_proxies``.
 
-It sets ``request.state.auth`` and the application scope of the request (``scope.py``), which every store
-read honours. When authentication is off (no token configured in ``auth = auto``, or ``auth = off``) every
-caller is the anonymous admin.
+On the Splunk-compatible routes the ``hec_tokens`` are accepted too (as ``Splunk <token>`` or the Basic
+password). It sets ``request.state.auth`` and the application scope of the request (``scope.py``), which
+every store read honours. When authentication is off (``auth = off``, or ``auth = auto`` on a store where it
+was never on: see ``tokens.py``) every caller is the anonymous admin.
+
+Before that, the middleware refuses a request with more than one ``Authorization`` header (400) and a
+request with an effect that a browser sent from another site (403, ``browsers.py``); ``record_access``
+refuses reads that would write the access log from another site the same way.
 
 Authorization (``authorize``, a dependency of every API route) looks the matched route up in ``RULES``
 (``"METHOD /path"`` or ``"METHOD /prefix*"``; ``*`` as the method matches any) and checks the caller's role,
