@@ -259,6 +259,7 @@ class Authenticator:
         self._cache: dict[bytes, tuple[float, TokenInfo | None]] = {}
         self._enabled: tuple[float, bool] | None = None
         self._status: tuple[bool, bool] | None = None
+        self._marked = False
         self._lock = threading.Lock()
         self._used: dict[str, int] = {}
         self._last_flush = time.monotonic()
@@ -267,13 +268,21 @@ class Authenticator:
         """Whether callers must authenticate (see the ``auth`` setting and ``tokens.AUTH_STATE``)."""
         if self.mode == "off":
             return False
+        if self.mode == "on":
+            if not self._marked:  # remember it for the store; never let the database decide here
+                try:
+                    self.tokens.set_auth_state("on", by="spintrail", reason="the auth setting is on")
+                    self._marked = True
+                except Exception as exc:
+                    log.debug("cannot record the authentication state yet: %s", exc)
+            return True
         now = time.monotonic()
         cached = self._enabled
         if cached is not None and now - cached[0] < self.cache_seconds:
             return cached[1]
         state = self.tokens.auth_state()
         active = self.tokens.active_count()
-        turned_on = self.mode == "on" or bool(self._proxy_header) or active > 0
+        turned_on = bool(self._proxy_header) or active > 0
         on = turned_on or state == "on"
         if turned_on and state != "on":
             # Once on, authentication stays on for the store (every replica reads the same state),
@@ -293,8 +302,6 @@ class Authenticator:
         return on
 
     def _why_on(self, active: int) -> str:
-        if self.mode == "on":
-            return "the auth setting is on"
         if self._proxy_header:
             return "proxy_user_header is set"
         return f"{active} token(s) exist"
