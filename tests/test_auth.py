@@ -527,3 +527,154 @@ def test_tls(server_factory: Any, tmp_path: Path) -> None:
         timeout=60,
     )
     assert half.returncode == 2 and "tls_key_file" in half.stderr
+
+
+# ------------------------------------------------------------------------------------- failing closed
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "spintrail", *args], capture_output=True, text=True)
+
+
+def test_revoking_the_last_token_leaves_nobody_in_not_everybody(server_factory: Any, tmp_path: Path) -> None:
+    db = tmp_path / "last.db"
+    secrets = create_tokens(db, {"only-admin": ("admin", None)})
+    env = {"SPINTRAIL_TOKEN_CACHE_SECONDS": "0"}
+    server = server_factory(str(db), env=env)
+    admin = bearer(secrets["only-admin"])
+    assert server.get("/api/v1/whoami", headers=admin).json()["name"] == "only-admin"
+    assert _cli("tokens", "revoke", "only-admin", "--database", str(db)).returncode == 0
+
+    def all_refused(s: Server) -> None:
+        for headers in ({}, admin):
+            assert s.get("/api/v1/whoami", headers=headers).status_code == 401
+            assert s.get("/api/v1/tokens", headers=headers).status_code == 401
+            assert s.get("/api/v1/events", headers=headers).status_code == 401
+            assert s.post(event(1), headers=headers).status_code == 401
+            hec = httpx.post(s.url + "/services/collector/event", content=json.dumps({"event": event(2)}))
+            assert (hec.status_code, hec.json()["code"]) == (401, 2)
+
+    all_refused(server)
+    server.stop()
+    restarted = server_factory(str(db), env=env)
+    all_refused(restarted)
+    assert "no token is active: nobody can send or read" in restarted.log()
+    status = _cli("auth", "status", "--database", str(db))
+    assert "ON" in status.stdout and "nobody can send or read" in status.stdout
+    # Only an explicit command opens the store again, and it says what it does.
+    refused = _cli("auth", "off", "--database", str(db))
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    opened = _cli("auth", "off", "--yes", "--database", str(db))
+    assert opened.returncode == 0 and "every caller is admin" in opened.stderr
+    deadline = time.monotonic() + 10
+    while restarted.get("/api/v1/whoami").status_code != 200:
+        assert time.monotonic() < deadline, "the store did not open after `auth off`"
+        time.sleep(0.2)
+    store = SqliteStore(db)
+    trust = install(store, Settings(database=str(db)))
+    try:
+        assert trust.tokens.auth_state() == "off"
+    finally:
+        trust.close()
+        store.close()
+
+
+def test_auth_off_is_refused_while_a_token_is_active(tmp_path: Path) -> None:
+    db = tmp_path / "busy.db"
+    create_tokens(db, {"echo": ("ingest", None)})
+    r = _cli("auth", "off", "--yes", "--database", str(db))
+    assert r.returncode == 2 and "revoke them first" in r.stderr
+
+
+def test_serve_refuses_an_open_store_on_a_non_loopback_address(tmp_path: Path) -> None:
+    db = str(tmp_path / "open.db")
+    r = subprocess.run(
+        [sys.executable, "-m", "spintrail", "serve", "--host", "0.0.0.0", "--port", "0", "--database", db],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "refusing to listen on 0.0.0.0" in r.stderr and "auth = off" in r.stderr
+
+
+def test_two_authorization_headers_are_refused(server_factory: Any, tmp_path: Path) -> None:
+    db = tmp_path / "two.db"
+    secrets = create_tokens(db, {"viewer": ("viewer", None), "admin": ("admin", None)})
+    server = server_factory(str(db))
+    two = [("Authorization", f"Bearer {secrets['viewer']}"), ("Authorization", f"Bearer {secrets['admin']}")]
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        r = client.get("/api/v1/tokens", headers=two)
+        assert r.status_code == 400 and r.json()["error"] == "ambiguous_authorization"
+        r = client.post("/api/v1/events", content=json.dumps(event(1)), headers=two)
+        assert r.status_code == 400
+        r = client.post("/services/collector/event", content=json.dumps({"event": event(1)}), headers=two)
+        assert r.status_code == 400 and r.json()["code"] == 3 and "more than one" in r.json()["detail"]
+        assert client.get("/api/v1/tokens", headers=[two[1]]).status_code == 200
+        assert len(client.get("/api/v1/events", headers=[two[1]]).json()["events"]) == 0
+
+
+def test_hec_tokens_and_api_tokens_work_together(server_factory: Any, tmp_path: Path) -> None:
+    db = tmp_path / "both.db"
+    secrets = create_tokens(
+        db, {"admin": ("admin", None), "echo-checkout": ("ingest", ["checkout"]), "viewer": ("viewer", None)}
+    )
+    server = server_factory(str(db), env={"SPINTRAIL_HEC_TOKENS": "good"})
+    url = server.url + "/services/collector/event"
+
+    def hec(n: int, app: str, token: str | None) -> httpx.Response:
+        headers = {"Authorization": f"Splunk {token}"} if token else {}
+        return httpx.post(url, content=json.dumps({"event": event(n, app)}), headers=headers, timeout=30)
+
+    assert hec(1, "payments", "good").json() == {"text": "Success", "code": 0}
+    basic = base64.b64encode(b"x:good").decode()
+    r = httpx.post(
+        url, content=json.dumps({"event": event(2)}), headers={"Authorization": f"Basic {basic}"}, timeout=30
+    )
+    assert r.json()["code"] == 0
+    assert hec(3, "checkout", secrets["echo-checkout"]).json()["code"] == 0  # API ingest tokens too
+    forbidden = hec(4, "payments", secrets["echo-checkout"])
+    assert forbidden.status_code == 403 and forbidden.json()["code"] == 4
+    assert "payments" in forbidden.json()["detail"]
+    assert (hec(5, "checkout", "bad").status_code, hec(5, "checkout", "bad").json()["code"]) == (403, 4)
+    assert hec(5, "checkout", None).json()["code"] == 2
+    assert hec(5, "checkout", secrets["viewer"]).status_code == 403
+    # hec_tokens are for the Splunk routes only.
+    assert server.post(event(6), headers=bearer("good")).status_code == 401
+    events = server.get("/api/v1/events", headers=bearer(secrets["admin"])).json()["events"]
+    tokens = sorted(e["event_id"][-1] + ":" + str(e.get("application")) for e in events)
+    assert tokens == ["1:payments", "2:checkout", "3:checkout"]
+    one = server.get(f"/api/v1/events/{uuid.UUID(int=1)}", headers=bearer(secrets["admin"])).json()
+    assert one["provenance"]["ingest_token"] == "settings:hec-1"
+
+
+def test_hec_tokens_guard_the_splunk_route_in_open_mode(server_factory: Any) -> None:
+    server = server_factory(env={"SPINTRAIL_HEC_TOKENS": "good,other"})
+    url = server.url + "/services/collector/event"
+    body = json.dumps({"event": event(1)})
+    assert httpx.post(url, content=body, timeout=30).json()["code"] == 2
+    assert (
+        httpx.post(url, content=body, headers={"Authorization": "Splunk nope"}, timeout=30).status_code == 403
+    )
+    ok = httpx.post(url, content=body, headers={"Authorization": "Splunk other"}, timeout=30)
+    assert ok.json() == {"text": "Success", "code": 0}
+    assert server.post(event(2)).status_code == 200  # the echo route stays open in open mode
+
+
+def test_the_authentication_state_is_kept_with_the_store(store: Any) -> None:
+    """Every replica reads the same state: it lives in the database, on both backends."""
+    settings = Settings(database="unused", token_cache_seconds=0)
+    trust = install(store, settings)
+    tokens = trust.tokens
+    authenticator = auth.Authenticator(settings, tokens)
+    assert tokens.auth_state() is None and not authenticator.enabled()
+    tokens.create("first", "admin", created_by="test")
+    assert tokens.auth_state() == "on" and authenticator.enabled()
+    tokens.revoke("first")
+    replica = auth.Authenticator(settings, tokens)  # another process over the same database
+    assert replica.enabled() and authenticator.enabled()
+    assert tokens.set_auth_state("off", by="test", reason="test") == "on"
+    assert not replica.enabled()
+    # auth = on, a proxy user header or token settings turn it on for the store too.
+    on = auth.Authenticator(Settings(database="unused", auth="on", token_cache_seconds=0), tokens)
+    assert on.enabled() and tokens.auth_state() == "on"

@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI
 from spintrail import (
     __version__,
     api,
+    apidocs,
     auth,
     checkpoint_forward,
     forward,
@@ -22,6 +23,7 @@ from spintrail import (
     trust_api,
     web,
 )
+from spintrail.browsers import SecurityHeaders
 from spintrail.guard import InflightBytes, ReleaseInflight
 from spintrail.ingest import Ingestor
 from spintrail.metrics import Metrics
@@ -62,7 +64,8 @@ def create_app(
         listeners = [app.state.checkpoint_forwarder.offer] if app.state.checkpoint_forwarder else []
         trust_api.start(app, settings, app.state.store, listeners)
         log.info("spintrail %s: store %s ready", __version__, app.state.store.backend)
-        receive_hec.warn_if_open(settings.hec_tokens)
+        if not app.state.authenticator.enabled():  # else the Splunk routes need a token anyway
+            receive_hec.warn_if_open(settings.hec_tokens)
         app.state.forwarder = forward.start_forwarding(settings, app.state.store, metrics.registry)
         stop_retention = retention.start_background(settings, app.state.store)
         try:
@@ -84,6 +87,8 @@ def create_app(
         version=__version__,
         description="The audit trail for Spinnaker: who changed what, where, when and why.",
         lifespan=lifespan,
+        docs_url=None,  # apidocs serves /docs from the swagger-ui-bundle package, not a CDN
+        redoc_url=None,
         # Every API route, including those added later, is authorized by its rule in auth.RULES.
         dependencies=[Depends(auth.authorize)],
     )
@@ -95,6 +100,7 @@ def create_app(
     if store is not None:
         app.state.ingestor = Ingestor(settings, store)
     app.add_middleware(ReleaseInflight)
+    app.add_middleware(SecurityHeaders)
     app.include_router(receive.router)
     receive.serve_directly(app)
     app.include_router(api.router)
@@ -102,4 +108,5 @@ def create_app(
     app.include_router(forward_api.router)
     trust_api.setup(app)
     web.mount(app)
+    apidocs.mount(app)
     return app

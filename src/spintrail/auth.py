@@ -6,9 +6,14 @@ Authentication (``AuthMiddleware``, every HTTP request) accepts, in this order:
   the token as the password (what echo's ``username``/``password`` sends; the user name is not checked);
 * the user named by ``proxy_user_header``, only when the TCP peer is one of ``trusted_proxies``.
 
-It sets ``request.state.auth`` and the application scope of the request (``scope.py``), which every store
-read honours. When authentication is off (no token configured in ``auth = auto``, or ``auth = off``) every
-caller is the anonymous admin.
+On the Splunk-compatible routes the ``hec_tokens`` are accepted too (as ``Splunk <token>`` or the Basic
+password). It sets ``request.state.auth`` and the application scope of the request (``scope.py``), which
+every store read honours. When authentication is off (``auth = off``, or ``auth = auto`` on a store where it
+was never on: see ``tokens.py``) every caller is the anonymous admin.
+
+Before that, the middleware refuses a request with more than one ``Authorization`` header (400) and a
+request with an effect that a browser sent from another site (403, ``browsers.py``); ``record_access``
+refuses reads that would write the access log from another site the same way.
 
 Authorization (``authorize``, a dependency of every API route) looks the matched route up in ``RULES``
 (``"METHOD /path"`` or ``"METHOD /prefix*"``; ``*`` as the method matches any) and checks the caller's role,
@@ -33,6 +38,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from spintrail import browsers
 from spintrail import scope as app_scope
 from spintrail.accesslog import Access
 from spintrail.settings import Settings
@@ -65,6 +71,9 @@ class Principal:
 
 
 ANONYMOUS = Principal("anonymous", "admin", None, "open")
+
+#: Where the Splunk-compatible routes live (their errors answer in Splunk's format).
+HEC_PREFIX = "/services/collector"
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,9 +140,7 @@ RULES: dict[str, Rule] = {
 }
 
 #: Routes that are not API routes (no dependencies run there) and are public by design.
-PUBLIC_NON_API_PATHS: frozenset[str] = frozenset(
-    {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/static"}
-)
+PUBLIC_NON_API_PATHS: frozenset[str] = frozenset({"/openapi.json", "/docs", "/docs/assets", "/static"})
 
 
 def rule_for(method: str, path: str) -> Rule | None:
@@ -157,26 +164,63 @@ def rule_for(method: str, path: str) -> Rule | None:
 class AuthError(Exception):
     """A refused request: 401 (who are you?) or 403 (not allowed). ``hec_code`` for Splunk clients."""
 
-    def __init__(self, status: int, reason: str, message: str, hec_code: int) -> None:
+    def __init__(
+        self, status: int, reason: str, message: str, hec_code: int, *, detail: bool = False
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
         self.message = message
         self.hec_code = hec_code
+        self.detail = detail  # Splunk clients get this status, ``error`` and the message as ``detail``
+
+
+def cross_site_error(message: str) -> AuthError:
+    """The refusal of a request sent by a browser from another site (``browsers.py``)."""
+    return AuthError(403, "cross_site_request", message, 4, detail=True)
+
+
+TWO_AUTHORIZATIONS = AuthError(
+    400,
+    "ambiguous_authorization",
+    "the request has more than one Authorization header: send exactly one",
+    3,
+    detail=True,
+)
 
 
 def auth_error_response(request: Request, exc: AuthError) -> JSONResponse:
     # Basic first, so a browser opening a page asks for the token (as the password) itself.
     challenge = 'Basic realm="spintrail", Bearer realm="spintrail"'
     headers = {"WWW-Authenticate": challenge} if exc.status == 401 else {}
-    if request.url.path.startswith("/services/collector"):
+    if request.url.path.startswith(HEC_PREFIX):
         from spintrail.splunk import HEC_CODES
 
         status, text = HEC_CODES[exc.hec_code]
-        return JSONResponse({"text": text, "code": exc.hec_code}, status_code=status, headers=headers)
+        body: dict[str, Any] = {"text": text, "code": exc.hec_code}
+        if exc.detail:
+            status = exc.status
+            body.update(error=exc.reason, detail=exc.message)
+        return JSONResponse(body, status_code=status, headers=headers)
+    if exc.reason == "cross_site_request" and request.method == "GET" and _is_page(request):
+        # A link from another site to a page whose read is logged: one click from here opens it.
+        from spintrail import web
+
+        return web.render(
+            request,
+            "error.html",
+            status=403,
+            code=403,
+            message=exc.message,
+            continue_url=request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+        )
     return JSONResponse(
         {"error": exc.reason, "message": exc.message}, status_code=exc.status, headers=headers
     )
+
+
+def _is_page(request: Request) -> bool:
+    return not request.url.path.startswith(("/api/", HEC_PREFIX))
 
 
 # --------------------------------------------------------------------------------------------- authentication
@@ -211,27 +255,56 @@ class Authenticator:
         self._proxies = parse_networks(settings.trusted_proxies)
         self._proxy_roles = parse_user_roles(settings.proxy_user_roles)
         self._proxy_header = (settings.proxy_user_header or "").lower().encode("latin-1") or None
+        self._hec_tokens = {secret: n for n, secret in enumerate(settings.hec_tokens, 1)}
         self._cache: dict[bytes, tuple[float, TokenInfo | None]] = {}
         self._enabled: tuple[float, bool] | None = None
+        self._status: tuple[bool, bool] | None = None
+        self._marked = False
         self._lock = threading.Lock()
         self._used: dict[str, int] = {}
         self._last_flush = time.monotonic()
 
     def enabled(self) -> bool:
-        """Whether callers must authenticate (see the ``auth`` setting)."""
-        if self.mode == "on":
-            return True
+        """Whether callers must authenticate (see the ``auth`` setting and ``tokens.AUTH_STATE``)."""
         if self.mode == "off":
             return False
+        if self.mode == "on":
+            if not self._marked:  # remember it for the store; never let the database decide here
+                try:
+                    self.tokens.set_auth_state("on", by="spintrail", reason="the auth setting is on")
+                    self._marked = True
+                except Exception as exc:
+                    log.debug("cannot record the authentication state yet: %s", exc)
+            return True
         now = time.monotonic()
         cached = self._enabled
         if cached is not None and now - cached[0] < self.cache_seconds:
             return cached[1]
-        on = bool(self._proxy_header) or self.tokens.active_count() > 0
-        if cached is not None and cached[1] != on:
-            log.warning("authentication is now %s", "required" if on else "OFF: every caller is admin")
+        state = self.tokens.auth_state()
+        active = self.tokens.active_count()
+        turned_on = bool(self._proxy_header) or active > 0
+        on = turned_on or state == "on"
+        if turned_on and state != "on":
+            # Once on, authentication stays on for the store (every replica reads the same state),
+            # also when the last token is revoked, until an admin turns it off explicitly.
+            self.tokens.set_auth_state("on", by="spintrail", reason=self._why_on(active))
+        status = (on, on and active == 0 and not self._proxy_header)
+        if status != self._status:
+            if status[1]:
+                log.warning(
+                    "authentication is on but no token is active: nobody can send or read events. Create "
+                    "one with `spintrail tokens create NAME --role admin` (or set SPINTRAIL_ADMIN_TOKEN)"
+                )
+            elif self._status is not None:
+                log.warning("authentication is now %s", "required" if on else "OFF: every caller is admin")
+            self._status = status
         self._enabled = (now, on)
         return on
+
+    def _why_on(self, active: int) -> str:
+        if self._proxy_header:
+            return "proxy_user_header is set"
+        return f"{active} token(s) exist"
 
     def _token(self, secret: str) -> TokenInfo | None:
         now = time.monotonic()
@@ -246,9 +319,16 @@ class Authenticator:
             self._cache[digest] = (now, info)
         return info
 
-    def authenticate(self, headers: dict[bytes, bytes], client: str | None) -> AuthResult:
+    def authenticate(self, headers: dict[bytes, bytes], client: str | None, path: str = "") -> AuthResult:
         enabled = self.enabled()
         header = headers.get(b"authorization")
+        if self._hec_tokens and path.startswith(HEC_PREFIX):
+            # The Splunk-compatible routes take hec_tokens besides API tokens, and need one of them.
+            enabled = True
+            if header:
+                hec = self._hec_principal(header.decode("latin-1"))
+                if hec is not None:
+                    return hec
         if header:
             result = self._from_authorization(header.decode("latin-1"))
             if result.principal is not None or enabled:
@@ -263,36 +343,24 @@ class Authenticator:
             return AuthResult(ANONYMOUS, None, False)
         return AuthResult(None, _NO_CREDENTIALS, True)
 
-    def _from_authorization(self, value: str) -> AuthResult:
-        scheme, _, credentials = value.strip().partition(" ")
-        scheme = scheme.lower()
-        credentials = credentials.strip()
-        if scheme in ("bearer", "splunk", "token"):
-            secret = credentials
-        elif scheme == "basic":
-            try:
-                user, _, password = (
-                    base64.b64decode(credentials, validate=True).decode("utf-8").partition(":")
-                )
-            except (binascii.Error, ValueError):
-                return AuthResult(
-                    None, AuthError(401, "bad_authorization", "the Basic credentials are not valid base64", 3)
-                )
-            secret = password or user
-        else:
+    def _hec_principal(self, value: str) -> AuthResult | None:
+        """The principal of a ``hec_tokens`` secret in ``Authorization`` (``Splunk <token>`` or the Basic
+        password, as Splunk takes them), or ``None`` when the header holds no such secret."""
+        secret, _ = secret_of(value)
+        number = self._hec_tokens.get(secret or "")
+        if not number:
+            return None
+        if value.strip().partition(" ")[0].lower() not in ("splunk", "basic"):
             return AuthResult(
                 None,
-                AuthError(
-                    401,
-                    "bad_authorization",
-                    f"authorization scheme {scheme!r} is not supported: use Bearer, Basic or Splunk",
-                    3,
-                ),
+                AuthError(401, "bad_authorization", "send hec_tokens as `Authorization: Splunk <token>`", 3),
             )
-        if not secret:
-            return AuthResult(
-                None, AuthError(401, "bad_authorization", "the Authorization header has no token", 3)
-            )
+        return AuthResult(Principal(f"settings:hec-{number}", "ingest", None, "settings"))
+
+    def _from_authorization(self, value: str) -> AuthResult:
+        secret, error = secret_of(value)
+        if secret is None:
+            return AuthResult(None, error)
         info = self._token(secret)
         if info is None:
             return AuthResult(None, AuthError(401, "invalid_token", "the token is not valid", 4))
@@ -323,6 +391,32 @@ class Authenticator:
         self._last_flush = time.monotonic()
         used, self._used = self._used, {}
         self.tokens.touch({k: v for k, v in used.items() if not k.startswith("settings:")})
+
+
+def secret_of(value: str) -> tuple[str | None, AuthError | None]:
+    """The token in an ``Authorization`` value (Bearer, Splunk, Token, or Basic with the token as the
+    password), or why there is none."""
+    scheme, _, credentials = value.strip().partition(" ")
+    scheme = scheme.lower()
+    credentials = credentials.strip()
+    if scheme in ("bearer", "splunk", "token"):
+        secret = credentials
+    elif scheme == "basic":
+        try:
+            user, _, password = base64.b64decode(credentials, validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, ValueError):
+            return None, AuthError(401, "bad_authorization", "the Basic credentials are not valid base64", 3)
+        secret = password or user
+    else:
+        return None, AuthError(
+            401,
+            "bad_authorization",
+            f"authorization scheme {scheme!r} is not supported: use Bearer, Basic or Splunk",
+            3,
+        )
+    if not secret:
+        return None, AuthError(401, "bad_authorization", "the Authorization header has no token", 3)
+    return secret, None
 
 
 def parse_networks(entries: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -356,13 +450,26 @@ class AuthMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        raw_headers = scope.get("headers") or []
+        headers = dict(raw_headers)
+        refused: AuthError | None = None
+        if sum(1 for name, _ in raw_headers if name == b"authorization") > 1:
+            refused = TWO_AUTHORIZATIONS  # never decided by whichever comes last
+        elif scope["method"] not in browsers.SAFE_METHODS:
+            settings: Settings | None = getattr(scope["app"].state, "settings", None)
+            why = browsers.cross_site_refusal(headers, settings.public_url if settings else None)
+            if why is not None:
+                refused = cross_site_error(why)
+        if refused is not None:
+            response = auth_error_response(Request(scope), refused)
+            await response(scope, receive, send)
+            return
         authenticator: Authenticator | None = getattr(scope["app"].state, "authenticator", None)
         if authenticator is None:
             result = AuthResult(None, AuthError(503, "starting", "spintrail is starting; retry shortly", 9))
         else:
-            headers = dict(scope.get("headers") or [])
             client = scope.get("client")
-            result = authenticator.authenticate(headers, client[0] if client else None)
+            result = authenticator.authenticate(headers, client[0] if client else None, scope["path"])
         scope.setdefault("state", {})["auth"] = result
         principal = result.principal
         app_scope.set_current(principal.applications if principal is not None else frozenset())
@@ -433,7 +540,12 @@ def access_entry(request: Request, action: str, target: str | None = None) -> Ac
 
 
 async def record_access(request: Request, action: str, target: str | None = None) -> None:
-    """Write an access-log entry for this request, or refuse it (503) when that is impossible."""
+    """Write an access-log entry for this request, or refuse it: 403 when a browser sent it from another
+    site (a page elsewhere must not fill the access log in a reader's name), 503 when the log cannot be
+    written."""
+    why = browsers.cross_site_refusal(dict(request.scope["headers"]), request.app.state.settings.public_url)
+    if why is not None:
+        raise cross_site_error(why)
     trust = request.app.state.trust
     entry = access_entry(request, action, target)
     try:

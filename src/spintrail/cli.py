@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from spintrail import __version__
+from spintrail import __version__, private
 from spintrail.output import Format, emit
 from spintrail.query import FILTER_HELP, FILTER_NAMES, FilterError, Filters, parse_limit
 from spintrail.record import API_FIELDS
@@ -166,13 +166,19 @@ def serve(
     check_sinks(settings)
     store = open_store_or_exit(settings)
     from spintrail.signer_state import EXIT_REFUSED, SignerRefused
-    from spintrail.trust_api import banner
+    from spintrail.trust_api import banner, open_listen_refusal
 
     tls = tls_options(settings)
     scheme = "https" if tls else "http"
     try:
+        refusal = open_listen_refusal(settings, store)
+        if refusal:
+            store.close()
+            raise fail(refusal, 2)
         for line in banner(settings, store):
             err.print(line, style="bold red" if line.startswith("WARNING") else None, highlight=False)
+    except typer.Exit:
+        raise
     except SignerRefused as exc:
         store.close()
         raise fail(f"refusing to start: {exc}", EXIT_REFUSED) from None
@@ -446,7 +452,7 @@ def simulate(
         if str(output) == "-":
             n = write_ndjson(sim.events(), sys.stdout.buffer)
         else:
-            with output.open("wb") as fp, Progress(console=err) as progress:
+            with private.open_file(output, "wb") as fp, Progress(console=err) as progress:
                 task = progress.add_task("simulate", total=None)
 
                 def counted() -> Iterator[dict[str, Any]]:
@@ -748,6 +754,7 @@ def backup(
 
 def main() -> None:
     """Entry point of the ``spintrail`` command."""
+    private.restrict_umask()  # every file a command creates is its owner's only (private.py)
     app()
 
 
@@ -981,7 +988,7 @@ def export_(
             sys.stdout.buffer.flush()
             return
         with (
-            output.open("wb") as fp,
+            private.open_file(output, "wb") as fp,
             Progress(TextColumn("export"), TextColumn("{task.completed} bytes"), console=err) as progress,
         ):
             task = progress.add_task("export", total=None)

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from spintrail import checkpoint as notes
-from spintrail import dbutil, merkle
+from spintrail import dbutil, merkle, private
 from spintrail.query import FilterError, parse_time
 from spintrail.record import API_FIELDS, LIST_FIELDS, TEXT_FIELDS, AuditRecord, format_time
 from spintrail.signer_state import SignerGuard, SignerRefused
@@ -567,11 +567,11 @@ def _parse_unverified(note: StoredCheckpoint | str) -> notes.Checkpoint:
 
 def export_checkpoint(directory: Path, cp: StoredCheckpoint) -> Path:
     """Write a checkpoint to ``directory`` (``checkpoint-<size>-<time>.txt`` and ``latest.txt``), durably."""
-    directory.mkdir(parents=True, exist_ok=True)
+    private.make_dirs(directory)
     path = directory / f"checkpoint-{cp.size:012d}-{cp.created_at}.txt"
     for target in (path, directory / "latest.txt"):
         tmp = target.with_name(target.name + ".tmp")
-        with tmp.open("w") as fp:
+        with private.open_file(tmp, "w") as fp:
             fp.write(cp.note)
             fp.flush()
             os.fsync(fp.fileno())

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spintrail import checkpoint, dbutil
+from spintrail import checkpoint, dbutil, private
 from spintrail.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -98,9 +98,8 @@ def _key_file(path: Path) -> bytes:
 
 def _write_private(path: Path, text: str) -> None:
     """Create ``path`` with mode 0600 (never overwriting) and write ``text``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fp:
+    private.make_dirs(path.parent)
+    with private.open_file(path, "x") as fp:
         fp.write(text)
         fp.flush()
         os.fsync(fp.fileno())

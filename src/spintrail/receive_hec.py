@@ -14,7 +14,8 @@ checked and otherwise ignored (the event's own ``details.created`` is its time).
 taken from the ``X-Spinnaker-Instance`` header or ``?instance=``, else the indexed field
 ``fields.spinnaker_instance`` (or ``fields.instance``), else the template's ``instance`` field.
 
-Authentication: ``Authorization: Splunk <token>``, or Basic auth with the token as the password.
+Authentication (``auth.py``): ``Authorization: Splunk <token>``, or Basic auth with the token as the password;
+a token of ``hec_tokens`` or an API token with the ingest role.
 Errors answer with Splunk's codes: 2 token required and 3 invalid authorization (401), 4 invalid token
 (403), 5 no data, 6 invalid data format with ``invalid-event-number``, 12 event field required, 13 event
 field blank, 15 bad indexed fields (400), 9 server busy (503, the store cannot take the events now;
@@ -24,8 +25,6 @@ answers code 14 (ACK is disabled): an answer here already means committed.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import time
@@ -39,7 +38,7 @@ from spintrail.decode import DecodeError, IncomingEvent, decode_body
 from spintrail.ingest import Ingestor
 from spintrail.metrics import Metrics
 from spintrail.receive import RequestRejected, read_body, request_instance, store_prepared
-from spintrail.splunk import HEC_CODES, HecError, check_token, parse_hec_events
+from spintrail.splunk import HEC_CODES, HecError, parse_hec_events
 from spintrail.store import PreparedEvent
 from spintrail.store.base import Arrival
 
@@ -61,21 +60,6 @@ def hec_answer(error: HecError, headers: dict[str, str] | None = None) -> JSONRe
     if error.detail:
         body["detail"] = error.detail
     return JSONResponse(body, status_code=error.status, headers=headers)
-
-
-def authorization(header: str | None) -> str | None:
-    """The ``Authorization`` header as ``Splunk <token>``: HEC also takes Basic auth with the token as the
-    password (any user name), which is what echo's ``username``/``password`` options send."""
-    if header is None:
-        return None
-    scheme, _, value = header.strip().partition(" ")
-    if scheme.lower() != "basic" or not value.strip():
-        return header
-    try:
-        _, sep, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return "Basic"  # not a valid Basic credential: answered as invalid authorization
-    return f"Splunk {password}" if sep and password else "Basic"
 
 
 def _skip(text: str, pos: int) -> int:
@@ -166,7 +150,6 @@ async def _receive_hec(request: Request, ingestor: Ingestor, arrival: Arrival) -
     metrics: Metrics = request.app.state.metrics
     settings = request.app.state.settings
     try:
-        check_token(authorization(request.headers.get("authorization")), settings.hec_tokens)
         try:
             body = await read_body(request, settings.max_body_bytes)
         except RequestRejected as exc:
@@ -189,6 +172,8 @@ async def _receive_hec(request: Request, ingestor: Ingestor, arrival: Arrival) -
             await store_prepared(request, prepared, arrival)
         except RequestRejected as exc:
             metrics.rejected.labels(f"hec_{exc.reason}").inc()
+            if exc.status == 403:  # the token may not send events of these applications
+                return hec_answer(HecError(4, detail=exc.message))
             log.warning("HEC request not stored: %s", exc.message)
             busy = HecError(9, detail=exc.message)
             headers = {"Retry-After": exc.headers.get("Retry-After", "5")}
@@ -233,13 +218,8 @@ async def hec_health(request: Request) -> JSONResponse:
 
 
 @router.post(ACK_PATH, include_in_schema=False)
-async def hec_ack(request: Request) -> JSONResponse:
+async def hec_ack() -> JSONResponse:
     """Indexer acknowledgement is not needed: a Success answer is sent only once the events are committed."""
-    settings = request.app.state.settings
-    try:
-        check_token(authorization(request.headers.get("authorization")), settings.hec_tokens)
-    except HecError as exc:
-        return hec_answer(exc)
     return hec_answer(
         HecError(14, detail="spintrail answers only after the commit; no acknowledgement needed")
     )

@@ -78,8 +78,9 @@ class Settings(BaseSettings):
     hec_tokens: Annotated[list[str], NoDecode] = Field(
         [],
         description="Tokens accepted by the Splunk-compatible endpoint (`/services/collector/event`) in "
-        "`Authorization: Splunk <token>`; comma separated in the environment. With none, requests are "
-        "accepted with or without a token (for trying it out).",
+        "`Authorization: Splunk <token>` (or as the Basic password), besides API tokens with the ingest "
+        "role; comma separated in the environment. With some set, that endpoint always needs a token; with "
+        "none, it follows `auth` like every other route.",
     )
     sinks: list[SinkConfig] = Field(
         [],
@@ -149,8 +150,17 @@ class Settings(BaseSettings):
     auth: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Authentication: `auto` requires a token as soon as one exists (in the database or "
-        "the token settings) or a proxy user header is set, and is open otherwise (a local try-out); `on` "
-        "always requires one; `off` never does (everyone is admin).",
+        "the token settings) or a proxy user header is set, and from then on for good, also once every "
+        "token is revoked (the store remembers it; `spintrail auth off` forgets it); before that the store "
+        "is open, for a try-out on one's own machine (`serve` then listens only on a loopback address). `on` "
+        "always requires a token; `off` never does (everyone is admin).",
+    )
+    public_url: str | None = Field(
+        None,
+        description="The URL browsers use to reach spintrail (e.g. `https://audit.example.com`), when it "
+        "is behind a reverse proxy under another name or scheme: requests with an effect (ingest, reads "
+        "that write the access log) are accepted from browser pages of this origin only. Default: the "
+        "request's `Host`.",
     )
     admin_token: SecretStr | None = Field(
         None,
@@ -292,6 +302,18 @@ class Settings(BaseSettings):
         "hooks flush and the store closes. Work still running at the deadline is abandoned, never "
         "acknowledged.",
     )
+
+    @field_validator("public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http:// or https:// URL with a host name")
+        return value.strip()
 
     @field_validator("ticket_pattern")
     @classmethod

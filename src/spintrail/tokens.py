@@ -8,12 +8,18 @@ Kubernetes Secrets; those are never written to the database.
 Roles: ``ingest`` (send events), ``viewer`` (search, timelines, dashboards), ``auditor`` (also raw events,
 exports, reports, proofs, verification, the access log), ``admin`` (everything, including settings, sinks
 and retention).
+
+Whether a store requires authentication is kept with the store (``trust_meta`` row ``auth``), so every
+replica agrees: it is set to ``on`` the first time authentication is on (a token is created, or a server
+runs with token settings, a proxy user header or ``auth = on``) and stays on, also once every token is
+revoked (then nobody can read until a new token is created), until ``spintrail auth off`` says otherwise.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import secrets
 import time
@@ -24,6 +30,8 @@ from typing import Any
 from spintrail import dbutil
 from spintrail.record import format_time
 from spintrail.settings import Settings
+
+log = logging.getLogger(__name__)
 
 ROLES: tuple[str, ...] = ("ingest", "viewer", "auditor", "admin")
 TOKEN_PREFIX = "st_"
@@ -69,6 +77,10 @@ MIGRATIONS: dict[str, list[tuple[int, str]]] = {
         )
     ],
 }
+
+
+#: The ``trust_meta`` row that holds the store's authentication state (``on`` or ``off``).
+AUTH_STATE = "auth"
 
 
 class TokenError(ValueError):
@@ -144,6 +156,29 @@ def check_role(role: str) -> str:
     return role
 
 
+def _set_auth_state(conn: Any, state: str) -> str | None:
+    """Within a transaction: store the authentication state, returning the previous one."""
+    row = dbutil.one(conn, "SELECT value FROM trust_meta WHERE name = ?", (AUTH_STATE,))
+    before = dbutil.as_bytes(row[0]).decode() if row is not None else None
+    if before == state:
+        return before
+    dbutil.execute(
+        conn,
+        "INSERT INTO trust_meta(name, value) VALUES (?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (AUTH_STATE, state.encode()),
+    )
+    return before
+
+
+def auth_mode_changed(tokens: TokenStore, before: str | None, after: str, *, by: str, reason: str) -> None:
+    """The one place a change of a store's authentication state is reported, once it is stored (``before``
+    is ``None`` when it was never set)."""
+    log.warning(
+        "authentication of this store changed from %s to %s (by %s: %s)", before or "unset", after, by, reason
+    )
+
+
 def settings_tokens(settings: Settings) -> dict[bytes, TokenInfo]:
     """The tokens given by settings, by secret hash."""
     out: dict[bytes, TokenInfo] = {}
@@ -198,6 +233,7 @@ class TokenStore:
                     f"a token named {name!r} exists already (names of revoked tokens stay taken, so the "
                     "access log stays unambiguous): choose another name"
                 )
+            auth_before = _set_auth_state(conn, "on")
             dbutil.execute(
                 conn,
                 "INSERT INTO auth_tokens(name, role, applications, secret_sha256, prefix, created_at,"
@@ -212,6 +248,9 @@ class TokenStore:
                     created_by,
                 ),
             )
+        if auth_before != "on":
+            by = created_by or "unknown"
+            auth_mode_changed(self, auth_before, "on", by=by, reason=f"token {name} created")
         return secret
 
     def revoke(self, name: str) -> None:
@@ -282,6 +321,23 @@ class TokenStore:
     def active_count(self) -> int:
         row = dbutil.one(self._conns.get(), "SELECT count(*) FROM auth_tokens WHERE revoked_at IS NULL")
         return int(row[0]) + len(self._settings)
+
+    def auth_state(self) -> str | None:
+        """The store's authentication state: ``on``, ``off`` (turned off by an admin) or ``None`` (never
+        on yet)."""
+        row = dbutil.one(self._conns.get(), "SELECT value FROM trust_meta WHERE name = ?", (AUTH_STATE,))
+        return dbutil.as_bytes(row[0]).decode() if row is not None else None
+
+    def set_auth_state(self, state: str, *, by: str, reason: str) -> str | None:
+        """Record the store's authentication state (``on`` or ``off``); returns the previous one."""
+        if state not in ("on", "off"):
+            raise ValueError(f"authentication state must be on or off, not {state!r}")
+        conn = self._conns.get()
+        with dbutil.transaction(conn, lock="trust_meta"):
+            before = _set_auth_state(conn, state)
+        if before != state:
+            auth_mode_changed(self, before, state, by=by, reason=reason)
+        return before
 
     def touch(self, used: dict[str, int]) -> None:
         """Record when tokens were last used (flushed in the background, at most once a minute)."""

@@ -3,6 +3,7 @@ wiring of authentication, the access log and the checkpointer into the applicati
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -101,6 +102,31 @@ def stop(app: FastAPI) -> None:
     trust = getattr(app.state, "trust", None)
     if trust is not None:
         trust.close()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a listen address) is reachable only from this machine."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def open_listen_refusal(settings: Settings, store: Store) -> str | None:
+    """Why ``serve`` must not listen on ``settings.host``: an open store (authentication off by default, as
+    before any token exists) is for a try-out on one's own machine. ``None`` when it may."""
+    if settings.auth == "off" or is_loopback(settings.host):
+        return None
+    if auth.Authenticator(settings, install(store, settings).tokens).enabled():
+        return None
+    return (
+        f"refusing to listen on {settings.host}: authentication is off (no token exists yet), so anyone who "
+        "can reach this address would be admin. Create a token first (`spintrail tokens create NAME --role "
+        "admin`, or set SPINTRAIL_ADMIN_TOKEN), listen on 127.0.0.1, or set auth = off (SPINTRAIL_AUTH=off) "
+        "to serve an open store on purpose"
+    )
 
 
 def banner(settings: Settings, store: Store) -> list[str]:

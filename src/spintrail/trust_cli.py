@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from spintrail import integrity
+from spintrail import integrity, private
 from spintrail.cli import ConfigOpt, DatabaseOpt, FormatOpt, app, err, fail, open_store_or_exit, settings_from
 from spintrail.output import Format, emit
 from spintrail.query import FilterError, parse_limit, parse_time
@@ -23,8 +23,10 @@ from spintrail.trust import Trust, install
 
 tokens_app = typer.Typer(help="Create, list and revoke API tokens (stored hashed; secrets shown once).")
 keys_app = typer.Typer(help="The checkpoint signing key.")
+auth_app = typer.Typer(help="Whether this store requires authentication (kept with the store).")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(keys_app, name="keys")
+app.add_typer(auth_app, name="auth")
 
 KeyOpt = Annotated[
     list[str] | None,
@@ -128,6 +130,59 @@ def tokens_revoke(
         except TokenError as exc:
             raise fail(str(exc), 2) from None
     err.print(f"revoked {name}")
+
+
+# --------------------------------------------------------------------------------------------- auth
+
+
+@auth_app.command("status")
+def auth_status(database: DatabaseOpt = None, config: ConfigOpt = None) -> None:
+    """Show whether the store requires authentication, and how many tokens are active."""
+    with _opened(config, database) as o:
+        state = o.trust.tokens.auth_state()
+        active = o.trust.tokens.active_count()
+        mode = o.settings.auth
+    if mode == "off":
+        line = "OFF (the auth setting is off): every caller is admin"
+    elif mode == "on" or state == "on" or active:
+        line = "ON: every request needs a token"
+        if not active:
+            line += "; no token is active, so nobody can send or read (`spintrail tokens create` makes one)"
+    else:
+        line = "OFF (no token was ever created): every caller is admin; a token turns it on for good"
+    typer.echo(f"authentication: {line}")
+    typer.echo(f"store state: {state or 'never on'}; active tokens: {active}; auth setting: {mode}")
+
+
+@auth_app.command("off")
+def auth_off(
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Confirm: with no active token, every caller becomes admin.")
+    ] = False,
+    database: DatabaseOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Turn authentication OFF for this store: once no token is active, anyone who can reach the server
+    can send, read and verify events as admin (as on a fresh store). Refused while a token is active."""
+    if not yes:
+        raise fail(
+            "this turns authentication off: with no active token every caller is admin. Run again with "
+            "--yes to do it",
+            2,
+        )
+    with _opened(config, database) as o:
+        active = o.trust.tokens.active_count()
+        if active:
+            raise fail(
+                f"{active} token(s) are active, so authentication stays on: revoke them first "
+                "(`spintrail tokens list`, `spintrail tokens revoke NAME`)",
+                2,
+            )
+        o.trust.tokens.set_auth_state("off", by="cli", reason="spintrail auth off")
+    err.print(
+        "authentication is now OFF for this store: every caller is admin (servers follow within "
+        "token_cache_seconds). Creating a token turns it on again."
+    )
 
 
 # --------------------------------------------------------------------------------------------- access log
@@ -362,7 +417,7 @@ def proof(
     if output is None:
         sys.stdout.write(text)
     else:
-        output.write_text(text)
+        private.write_text(output, text)
         shown = verifier or "VERIFIER_KEY"
         err.print(f"wrote {output}: check it with `spintrail verify-proof {output} --key '{shown}'`")
 
@@ -417,7 +472,7 @@ def consistency(
             raise fail(str(exc)) from None
     result = integrity.verify_bundle(bundle, keys[0])
     if output is not None:
-        output.write_text(json.dumps(bundle, indent=2) + "\n")
+        private.write_text(output, json.dumps(bundle, indent=2) + "\n")
         err.print(f"wrote {output}: check it with `spintrail verify-proof {output} --key VERIFIER_KEY`")
     row: dict[str, Any] = {
         "ok": result.ok,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spintrail import fulltext
+from spintrail import fulltext, private
 from spintrail.query import COLUMN_FILTERS, LIST_FILTERS, Filters, type_pattern
 from spintrail.record import LIST_FIELDS, TEXT_FIELDS, AuditRecord
 from spintrail.store import blobs
@@ -359,6 +359,7 @@ class _Purge:
 
     future: Future[int] = field(default_factory=Future)
 
+
 #: Bytes the WAL is cut back to after a checkpoint (SQLite ``journal_size_limit``).
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
@@ -394,6 +395,7 @@ class SqliteStore(Store):
             parent = Path(self.path).parent
             if not parent.exists():
                 raise StoreUnavailable(f"directory {parent} for the database does not exist: create it first")
+            private.create_file(self.path)  # 0600; SQLite gives -wal and -shm the same mode
         self.batch_max = batch_max
         self.queue_max = queue_max
         self._queue: queue.Queue[Any] = queue.Queue()

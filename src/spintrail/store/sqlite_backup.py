@@ -14,6 +14,8 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+from spintrail import private
+
 PAGES_PER_STEP = 1024
 
 
@@ -35,6 +37,7 @@ def backup_sqlite(
         raise BackupError(f"directory {dest_path.parent} does not exist: create it first")
     partial = dest_path.with_name(dest_path.name + ".partial")
     partial.unlink(missing_ok=True)
+    private.create_file(partial)  # a backup holds everything the store does: readable by its owner only
     dest = sqlite3.connect(partial, isolation_level=None)
     pages = 0
     try:
