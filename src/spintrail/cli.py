@@ -538,7 +538,7 @@ def retention(
                 dry_run=dry_run,
                 progress=lambda n: progress.advance(task, n),
             )
-    except ret.RetentionBusy as exc:
+    except (ret.RetentionBusy, ret.RetentionRefused) as exc:
         raise fail(str(exc)) from None
     except StoreError as exc:
         raise fail(f"{exc} (what was removed before the error stays removed; run again to finish)") from None

@@ -17,7 +17,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,9 +166,17 @@ def settings_tokens(settings: Settings) -> dict[bytes, TokenInfo]:
 class TokenStore:
     """Tokens in the database (table ``auth_tokens``) plus the ones from settings."""
 
-    def __init__(self, conns: dbutil.Connections, settings: Settings) -> None:
+    def __init__(
+        self,
+        conns: dbutil.Connections,
+        settings: Settings,
+        *,
+        audit: Callable[[Any, str, dict[str, Any]], Any] | None = None,
+    ) -> None:
         self._conns = conns
         self._settings = settings_tokens(settings)
+        #: Records a change as an administrative action, in the change's transaction (the integrity log).
+        self._audit = audit
 
     @property
     def from_settings(self) -> dict[bytes, TokenInfo]:
@@ -212,9 +220,12 @@ class TokenStore:
                     created_by,
                 ),
             )
+            if self._audit is not None:
+                details = {"name": name, "role": role, "applications": apps, "by": created_by}
+                self._audit(conn, "token_created", details)
         return secret
 
-    def revoke(self, name: str) -> None:
+    def revoke(self, name: str, *, by: str | None = None) -> None:
         conn = self._conns.get()
         with dbutil.transaction(conn, lock="auth_tokens"):
             row = dbutil.one(conn, "SELECT revoked_at FROM auth_tokens WHERE name = ?", (name,))
@@ -231,6 +242,8 @@ class TokenStore:
                 "UPDATE auth_tokens SET revoked_at = ? WHERE name = ?",
                 (int(time.time() * 1000), name),
             )
+            if self._audit is not None:
+                self._audit(conn, "token_revoked", {"name": name, "by": by})
 
     def list(self) -> list[TokenRow]:
         out = [

@@ -115,7 +115,7 @@ def tokens_revoke(
 
     with _opened(config, database) as o:
         try:
-            o.trust.tokens.revoke(name)
+            o.trust.tokens.revoke(name, by="cli")
         except TokenError as exc:
             raise fail(str(exc), 2) from None
     err.print(f"revoked {name}")
