@@ -163,6 +163,7 @@ def serve(
     except Exception as exc:
         store.close()
         raise fail(f"cannot set up authentication and signing keys: {exc}") from None
+    refuse_unlogged_events(store)
     err.print(
         f"spintrail {__version__} listening on {scheme}://{settings.host}:{settings.port} "
         f"(store: {store.backend})"
@@ -172,6 +173,23 @@ def serve(
         run_server(create_app(settings, store, close_store=True), settings, **tls)
     finally:
         store.close()
+
+
+def refuse_unlogged_events(store: Store) -> None:
+    """Exit 3 when stored events have no leaf in the tamper-evident log: they are never added silently."""
+    from spintrail.trust import installed
+
+    trust = installed(store)
+    count, first = trust.log.unlogged_events() if trust is not None else (0, [])
+    if count:
+        store.close()
+        raise fail(
+            f"{count} stored event(s) have no leaf in the tamper-evident log (first: {', '.join(first)}). "
+            "They are never added silently: if this store predates the log or was copied without it, run "
+            "`spintrail integrity adopt`; otherwise they were inserted outside spintrail: run "
+            "`spintrail verify`",
+            3,
+        )
 
 
 def tls_options(settings: Settings) -> dict[str, Any]:
