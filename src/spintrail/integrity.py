@@ -3,18 +3,34 @@ RFC 6962 Merkle tree, with signed checkpoints, inclusion and consistency proofs,
 
 Leaves
 ------
-Leaf *i* (0-based, in commit order) commits to the canonical record and the SHA-256 of the raw bytes kept
-(``scrub.py``) and the name of the ingest token::
+Leaf *i* (0-based, in commit order) is an event or an administrative action. An event leaf (version 2)
+commits to what retention decides on, the event's retention class and time, and to the hash of its content:
+the canonical record, the SHA-256 of the raw bytes (``scrub.py``), whether they were kept, and the name of
+the ingest token::
 
-    leaf data  = b"spintrail-leaf/v1\\n" || JCS({"v": 1, "index": i, "id": ..., "event_id": ...,
-                 "received_at": ms, "time": ms, <every record field>, "raw_sha256": hex, "ingest_token": ...})
+    content    = JCS({"id", "event_id", "received_at": ms, "time": ms, <every record field>,
+                      "raw_sha256": hex, "raw_kept": bool, "ingest_token": ...})
+    leaf data  = b"spintrail-leaf/v2\\n" || JCS({"v": 2, "index": i, "kind": "event", "class": ...,
+                 "time": ms, "content_sha256": hex(SHA-256(content))})
+    admin leaf = b"spintrail-leaf/v2\\n" || JCS({"v": 2, "index": i, "kind": "admin", "action": ...,
+                 "at": ms, "details": {...}})
     leaf hash  = SHA-256(0x00 || leaf data)                           (RFC 6962 leaf hash)
     chain[i]   = SHA-256(chain[i-1] || leaf hash[i]),  chain[-1] = 32 zero bytes
 
-JCS is RFC 8785 canonical JSON; records hold only strings, integers, lists and nulls, for which sorted keys
-and compact separators with UTF-8 output are exactly JCS. Leaves live in their own table
-(``integrity_leaves``) and are never deleted: retention and redaction remove content (``forget_content``),
-and the log still verifies because leaves commit to the hash of the raw bytes, not the bytes.
+Version 1 leaves (``b"spintrail-leaf/v1\\n" || JCS({"v": 1, "index": i, <the content without
+raw_kept>})``), written before class and time were committed apart from the content, keep verifying.
+
+JCS is RFC 8785 canonical JSON; leaves hold only strings, integers, booleans, lists, objects and nulls, for
+which sorted keys and compact separators with UTF-8 output are exactly JCS. Leaves live in their own table
+(``integrity_leaves``, with class, time, content hash and action details beside each leaf hash so that
+``verify`` recomputes a leaf after its content is gone) and are never deleted. Retention removes content,
+decides on the committed class and time, and records each batch as a ``retention`` action (policy, cut-offs,
+removed leaves) in the same transaction; ``verify`` names every removal no recorded run justifies
+(``unjustified_removal``). Other administrative actions (tokens created and revoked, ``adopt``,
+``accept_rollback``) go through ``record_admin_action`` in the transaction of the change they record.
+
+Leaves are never created silently: events that lack one are reported (``not_logged``) and stop ``serve``
+until ``spintrail integrity adopt`` gives them leaves, itself recorded.
 
 The write hook runs inside the store's writer transaction, appends the group's leaves in commit order and
 keeps the chain head and the Merkle peaks (``CompactRange``) in ``integrity_state`` in the same transaction,
@@ -566,19 +582,6 @@ class IntegrityLog:
             details = {"by": by, "to": to, "largest_stored_checkpoint": latest[0] if latest else None}
             index = record_admin_action(conn, "accept_rollback", details)
         return {"leaf": index, **details}
-
-    def forget_content(self, conn: Any, event_rows: Iterable[int], reason: str) -> None:
-        """Mark records whose content retention or redaction removed (call in the same transaction as the
-        delete). Their leaves stay; ``verify`` reports them as removed, not as tampered."""
-        now = int(time.time() * 1000)
-        conn.cursor().executemany(
-            dbutil.sql(
-                conn,
-                "UPDATE integrity_leaves SET content_removed_at = ?, content_removed_reason = ?"
-                " WHERE event_row = ?",
-            ),
-            [(now, reason, int(r)) for r in event_rows],
-        )
 
     # -- reading -----------------------------------------------------------------------------------
 
