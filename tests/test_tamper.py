@@ -80,6 +80,15 @@ class World:
         files = integrity.read_checkpoint_files([self.exported]) if exported else []
         return integrity.verify(self.store, self.ingestor.trust.conns, [self.key], exported=files)
 
+    def rows(self, text: str) -> list[Any]:
+        if self.backend == "sqlite":
+            with sqlite3.connect(self.database) as conn:
+                return conn.execute(text).fetchall()
+        import psycopg
+
+        with psycopg.connect(self.database) as pg:
+            return pg.execute(text).fetchall()  # type: ignore[arg-type]
+
     def sql(self, sqlite_text: str, pg_text: str | None = None, params: tuple[Any, ...] = ()) -> None:
         """Run SQL as the attacker, behind spintrail's back (SQLite text, or PostgreSQL's when it differs)."""
         if self.backend == "sqlite":
@@ -274,50 +283,39 @@ def test_token_changes_are_administrative_actions_in_the_log(sqlite_world: World
     assert {p.kind for p in w.verify().problems} == {"leaf_changed"}
 
 
-def test_version_1_leaves_still_verify_and_retention_checks_their_record(sqlite_world: World) -> None:
+def test_version_1_leaves_still_verify_and_retention_checks_their_record(world: World) -> None:
     """Leaves written before class and time were committed separately keep verifying; retention removes
     their records only while they match the leaf, and verify accepts the removal the run records."""
-    w = sqlite_world
+    from spintrail import merkle
+
+    w = world
     ids = w.add((1, OLD), (2, OLD + 1000), (3, OLD + 2000), (4, NOW - MINUTE))
-    conn = sqlite3.connect(w.database)
-    chain = integrity.GENESIS
-    rows = conn.execute("SELECT idx, event_row, raw_sha256 FROM integrity_leaves ORDER BY idx").fetchall()
-    for idx, row, raw_sha in rows:  # rewrite the log as a version 1 log (what an older release wrote)
+    chain, tree = integrity.GENESIS, merkle.CompactRange()
+    for idx, row, raw_sha in w.rows("SELECT idx, event_row, raw_sha256 FROM integrity_leaves ORDER BY idx"):
+        # Rewrite the log as a version 1 log (what an older release wrote).
         record = w.store.get(row)
         assert record is not None
         lh = integrity.leaf_hash_of(
-            integrity.leaf_object(record, index=idx, raw_sha256=raw_sha, ingest_token=None)
+            integrity.leaf_object(record, index=idx, raw_sha256=bytes(raw_sha), ingest_token=None)
         )
         chain = integrity.chain_next(chain, lh)
-        conn.execute(
+        tree.append(lh)
+        w.sql(
             "UPDATE integrity_leaves SET version = 1, event_class = NULL, event_time = NULL,"
             " content_sha256 = NULL, raw_kept = NULL, leaf_hash = ?, chain_hash = ? WHERE idx = ?",
-            (lh, chain, idx),
+            params=(lh, chain, idx),
         )
-    tree = [
-        integrity.leaf_hash_of(
-            integrity.leaf_object(w.store.get(r[1]), index=r[0], raw_sha256=r[2], ingest_token=None)
-        )
-        for r in rows
-    ]  # type: ignore[arg-type]
-    from spintrail import merkle
-
-    compact = merkle.CompactRange()
-    for h in tree:
-        compact.append(h)
-    conn.execute(
+    w.sql(
         "UPDATE integrity_state SET size = ?, chain_head = ?, peaks = ?",
-        (compact.size, chain, b"".join(compact.peaks)),
+        params=(tree.size, chain, b"".join(tree.peaks)),
     )
-    conn.commit()
-    conn.close()
     w.sign()
     assert w.verify().ok
-    # A changed time on a version 1 record: retention refuses to remove it.
-    w.sql("UPDATE event_rows SET time = time - 1 WHERE id = ?", params=(ids[0],))
+    # A changed version 1 record: retention refuses to remove it (its leaf is the only committed truth).
+    w.sql('UPDATE events SET "user" = ? WHERE id = ?', params=("mallory@example.com", ids[0]))
     with pytest.raises(retention.RetentionRefused, match=f"record {ids[0]} "):
         retention.run(w.store, Policy(pipeline_days=30))
-    w.sql("UPDATE event_rows SET time = time + 1 WHERE id = ?", params=(ids[0],))
+    w.sql('UPDATE events SET "user" = ? WHERE id = ?', params=("carol@example.com", ids[0]))
     assert retention.run(w.store, Policy(pipeline_days=30)).total == 3
     report = w.verify()
     assert report.ok and report.content_removed == 3, report.problems
