@@ -375,6 +375,12 @@ def test_evidence_bundle_checks_offline_and_any_change_to_it_fails(log: Log) -> 
 
     assert not broken(lambda b: b["record"].update(user="mallory@example.com")).ok
     assert not broken(lambda b: b["leaf"]["data"].update(user="mallory@example.com")).ok
+    # A version 2 leaf commits to its content by hash, and to the class and time beside it.
+    assert bundle["leaf"]["data"]["v"] == 2 and bundle["leaf"]["content"]["event_id"] == record.event_id
+    mallory = {"user": "mallory@example.com"}
+    assert not broken(lambda b: (b["leaf"]["content"].update(mallory), b["record"].update(mallory))).ok
+    assert not broken(lambda b: b["leaf"]["data"].update(time=1)).ok
+    assert not broken(lambda b: b["leaf"].pop("content")).ok
     assert not broken(lambda b: b["leaf"].update(index=3)).ok
     assert not broken(lambda b: b["inclusion_proof"].reverse()).ok
     assert not broken(lambda b: b.update(raw=b["raw"][:-4] + "AAA=")).ok
