@@ -343,6 +343,11 @@ def test_a_restored_older_backup_verifies_only_after_accept_rollback(
             w.log.accept_rollback(5)
         w.log.accept_rollback(3)
         w.add((6, OLD + 5000), (7, OLD + 6000))
+        # Until a checkpoint signed after it covers the acceptance, it excuses nothing.
+        assert {p.kind for p in w.verify(exported=True).problems} == {
+            "checkpoint_mismatch",
+            "checkpoint_missing",
+        }
         w.sign()
         report = w.verify(exported=True)
         assert report.ok, report.problems

@@ -568,8 +568,9 @@ class IntegrityLog:
 
     def accept_rollback(self, to: int, *, by: str = "cli") -> dict[str, Any]:
         """Record that the database was restored from a backup whose log has ``to`` leaves, older than
-        checkpoints signed before: ``verify`` then excuses those checkpoints (signed before now, larger than
-        ``to``) instead of reporting the log as rolled back."""
+        checkpoints signed before: once a checkpoint signed afterwards covers this action, ``verify`` excuses
+        those checkpoints (signed before now, larger than ``to``) instead of reporting the log as rolled
+        back."""
         conn = self.conns.get()
         with dbutil.transaction(conn, lock="integrity_state"):
             size = load_state(conn).size
@@ -1168,7 +1169,20 @@ def verify(
     _check_removals(removed, actions, report)
 
     # 4. checkpoints: a restore accepted with `integrity accept-rollback` excuses the ones it discarded
-    rollbacks = [(a.details.get("to"), a.at) for a in actions if a.action == "accept_rollback"]
+    # An acceptance counts once a checkpoint signed after it covers it: the signer took the restored log
+    # as its history (an acceptance merely written into the database excuses nothing).
+    rollbacks = [
+        (a.details.get("to"), a.at)
+        for a in actions
+        if a.action == "accept_rollback"
+        and any(
+            c.parsed is not None
+            and c.parsed.size > a.index
+            and c.signed_at is not None
+            and c.signed_at >= a.at
+            for c in valid
+        )
+    ]
 
     def excused(cp: _Cp) -> bool:
         assert cp.parsed is not None
