@@ -183,6 +183,23 @@ def test_a_retention_run_is_recorded_and_justifies_what_it_removed(world: World)
     assert named(world.verify()) == [("record_missing", ids[3])]
 
 
+def test_a_forged_retention_run_justifies_only_what_its_committed_cut_off_covers(sqlite_world: World) -> None:
+    """Someone who knows the scheme appends a retention action listing a recent record: the run's own
+    cut-off is before the record's committed time, so the removal stays unjustified."""
+    w = sqlite_world
+    ids = w.add((1, OLD), (2, NOW - MINUTE), (3, NOW))
+    w.sql("DELETE FROM events WHERE id IN (?, ?)", params=(ids[0], ids[1]))
+    details = {**retention.policy_details(Policy(pipeline_days=30), NOW), "class": "pipeline"}
+    conn = w.ingestor.trust.conns.get()
+    conn.execute("BEGIN IMMEDIATE")
+    integrity.record_admin_action(conn, "retention", {**details, "removed": [[0, 1]], "events": 2})
+    conn.execute("COMMIT")
+    report = w.verify()
+    assert named(report) == [("unjustified_removal", ids[1])]
+    assert "not older than the run's pipeline cut-off" in report.problems[0].message
+    assert report.content_removed == 1  # the 2024 record: the run's rules do remove it
+
+
 def test_shifting_a_time_before_retention_launders_nothing(world: World) -> None:
     """A minutes-old pipeline completion whose time is set to 2015 in the store is not removed: retention
     decides on the committed time, and verify names the changed record."""

@@ -47,6 +47,7 @@ seconds, also when idle. Each is stored (``integrity_checkpoints``), optionally 
 from __future__ import annotations
 
 import base64
+import bisect
 import hashlib
 import itertools
 import json
@@ -977,10 +978,9 @@ _CLOCK_SLACK_MS = 5 * 60_000
 
 
 def _justifies(run: AdminAction, leaf: StoredLeaf) -> str | None:
-    """Why the recorded retention run ``run`` does not justify removing ``leaf`` (``None``: it does)."""
+    """Why the recorded retention run ``run``, which lists ``leaf``, does not justify removing it (``None``:
+    it does)."""
     d = run.details
-    if not in_ranges(leaf.idx, merge_ranges(d.get("removed", []))):
-        return "not listed"
     if leaf.version < 2:
         return None  # the run checked the record against its version 1 leaf before removing it
     now = d.get("now")
@@ -1053,7 +1053,8 @@ def verify(
         cp.signed_at = checkpoint_time(cp.parsed)
     valid = [c for c in cps if c.parsed is not None]
 
-    # 2. leaves: contiguity, chain, committed columns, content, raw bytes, index; roots at checkpoint sizes
+    # 2. leaves: contiguity, chain, committed columns, content, raw bytes, index, removals judged against
+    # the recorded retention runs; roots at checkpoint sizes
     wanted = {c.parsed.size for c in valid if c.parsed is not None}
     roots: dict[int, bytes] = {}
     if 0 in wanted:
@@ -1064,7 +1065,7 @@ def verify(
     total = int(dbutil.one(conn, "SELECT count(*) FROM integrity_leaves")[0])
     last_record: tuple[int | None, str | None] = (None, None)
     actions: list[AdminAction] = []
-    removed: list[StoredLeaf] = []
+    removals = _Removals(conn)
     checker = store.index_checker()
     try:
         for leaf in _leaves(conn):
@@ -1131,7 +1132,7 @@ def verify(
             last_record = (row_id, event_id)
             record = store.get(row_id)
             if record is None:
-                removed.append(leaf)
+                removals.judge(leaf, report)
                 continue
             if idx < start or (end is not None and idx >= end):
                 continue
@@ -1165,10 +1166,7 @@ def verify(
             )
         )
 
-    # 3. every removed record must be justified by a recorded retention run (or an adopt of old leaves)
-    _check_removals(removed, actions, report)
-
-    # 4. checkpoints: a restore accepted with `integrity accept-rollback` excuses the ones it discarded
+    # 3. checkpoints: a restore accepted with `integrity accept-rollback` excuses the ones it discarded
     # An acceptance counts once a checkpoint signed after it covers it: the signer took the restored log
     # as its history (an acceptance merely written into the database excuses nothing).
     rollbacks = [
@@ -1240,7 +1238,7 @@ def verify(
                 "signed_at": format_time(cp.signed_at),
             }
 
-    # 5. records that are not in the log at all
+    # 4. records that are not in the log at all
     for row_id, event_id in dbutil.rows(
         conn,
         "SELECT e.id, e.event_id FROM events e LEFT JOIN integrity_leaves l ON l.event_row = e.id"
@@ -1334,28 +1332,60 @@ def _check_index(checker: IndexChecker | None, record: AuditRecord, idx: int, re
         )
 
 
-def _check_removals(removed: list[StoredLeaf], actions: list[AdminAction], report: Report) -> None:
-    runs = [a for a in actions if a.action == "retention"]
-    acknowledged = merge_ranges(
-        r for a in actions if a.action == "adopt" for r in a.details.get("acknowledged_removals", [])
-    )
-    for leaf in removed:
+class _Removals:
+    """The removals recorded in the log (retention runs, and version 1 removals acknowledged by ``adopt``),
+    read once before the leaves are walked, so each removed record is judged as it is met."""
+
+    def __init__(self, conn: Any) -> None:
+        intervals: list[tuple[int, int, AdminAction]] = []
+        acknowledged: list[list[int]] = []
+        for r in dbutil.rows(
+            conn,
+            "SELECT idx, action, action_at, details FROM integrity_leaves"
+            " WHERE action IN ('retention', 'adopt') ORDER BY idx",
+        ):
+            try:
+                action = AdminAction(int(r[0]), r[1], int(r[2] or 0), json.loads(r[3] or "{}"))
+                listed = [(int(lo), int(hi)) for lo, hi in action.details.get("removed", [])]
+                acked = [[int(lo), int(hi)] for lo, hi in action.details.get("acknowledged_removals", [])]
+            except (TypeError, ValueError, AttributeError):
+                continue  # a damaged action justifies nothing (and verify reports it as changed)
+            if action.action == "retention":
+                intervals += [(lo, hi, action) for lo, hi in listed]
+            else:
+                acknowledged += acked
+        intervals.sort(key=lambda t: (t[0], t[1], t[2].index))
+        self.los = [t[0] for t in intervals]
+        self.his = [t[1] for t in intervals]
+        self.runs = [t[2] for t in intervals]
+        self.max_hi = list(itertools.accumulate(self.his, max))
+        self.acknowledged = merge_ranges(acknowledged)
+
+    def listing(self, index: int) -> Iterator[AdminAction]:
+        """The retention runs whose list of removed leaves holds ``index``."""
+        j = bisect.bisect_right(self.los, index) - 1
+        while j >= 0 and self.max_hi[j] >= index:
+            if self.his[j] >= index:
+                yield self.runs[j]
+            j -= 1
+
+    def judge(self, leaf: StoredLeaf, report: Report) -> None:
+        """Count a justified removal, or report the removed record."""
         reasons: list[str] = []
         justified = False
-        for run in runs:
+        for run in self.listing(leaf.idx):
             if run.index <= leaf.idx:
                 continue
             why = _justifies(run, leaf)
             if why is None:
                 justified = True
                 break
-            if why != "not listed":
-                reasons.append(why)
-        if not justified and leaf.version < 2 and in_ranges(leaf.idx, acknowledged):
+            reasons.append(why)
+        if not justified and leaf.version < 2 and in_ranges(leaf.idx, self.acknowledged):
             justified = True
         if justified:
             report.content_removed += 1
-            continue
+            return
         label = _rec_label(leaf.event_row, leaf.event_id)
         committed = (
             f" (committed: {leaf.event_class} event of {format_time(leaf.event_time)})"
