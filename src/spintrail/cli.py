@@ -628,10 +628,12 @@ def check(
 
     Safe on a live store (reads one snapshot, no write lock). Exits 1 when a problem is found.
     """
+    from spintrail import integrity
     from spintrail.store import CheckReport
 
     settings = settings_from(config, database=database)
     store = open_store_or_exit(settings)
+    store.check_hooks.append(integrity.check_hook)  # what retention decides on still matches the log
     try:
         with Progress(
             TextColumn("verifying raw blobs"),

@@ -65,7 +65,7 @@ from spintrail import checkpoint as notes
 from spintrail import dbutil, merkle
 from spintrail.query import FilterError, parse_time
 from spintrail.record import API_FIELDS, LIST_FIELDS, TEXT_FIELDS, AuditRecord, event_class, format_time
-from spintrail.store.base import IndexChecker, Store, Written
+from spintrail.store.base import CheckProblem, IndexChecker, Store, Written
 
 log = logging.getLogger(__name__)
 
@@ -793,6 +793,47 @@ def record_admin_action(conn: Any, action: str, details: dict[str, Any], *, now_
     state.size += 1
     _save_state(conn, state)
     return index
+
+
+def check_hook(conn: Any) -> list[CheckProblem]:
+    """``Store.check`` hook: events whose time differs from what their leaf committed to (what retention
+    decides on), and events without a leaf. Cheap, with no key: ``verify`` is the full check."""
+    if dbutil.is_sqlite(conn):
+        present = dbutil.one(
+            conn, "SELECT 1 FROM pragma_table_info('integrity_leaves') WHERE name = 'event_time'"
+        )
+    else:
+        present = dbutil.one(
+            conn,
+            "SELECT 1 FROM information_schema.columns WHERE table_name = 'integrity_leaves'"
+            " AND column_name = 'event_time' AND table_schema = current_schema()",
+        )
+    if present is None:
+        return []
+    problems: list[CheckProblem] = []
+    for row_id, event_id, t, committed_time in dbutil.rows(
+        conn,
+        "SELECT e.id, e.event_id, e.time, l.event_time FROM events e"
+        " JOIN integrity_leaves l ON l.event_row = e.id"
+        " WHERE l.event_time IS NOT NULL AND e.time <> l.event_time ORDER BY e.id LIMIT 20",
+    ):
+        problems.append(
+            CheckProblem(
+                "committed_time",
+                f"event {row_id} ({event_id}) has time {format_time(t)}, but its leaf committed "
+                f"{format_time(committed_time)}: it was changed (run `spintrail verify`)",
+            )
+        )
+    count, first = unlogged_events(conn)
+    if count:
+        problems.append(
+            CheckProblem(
+                "not_logged",
+                f"{count} event(s) have no leaf in the tamper-evident log (first: {', '.join(first)}): "
+                "`spintrail integrity adopt` for a store from before the log, else run `spintrail verify`",
+            )
+        )
+    return problems
 
 
 def unlogged_events(conn: Any, *, limit: int = 5) -> tuple[int, list[str]]:
