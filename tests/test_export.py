@@ -212,7 +212,11 @@ def test_cli_export_matches_the_api(
 
 
 def _fill(path: Path, n: int) -> None:
+    from spintrail.settings import Settings
+    from spintrail.trust import install
+
     store = SqliteStore(path)
+    install(store, Settings(database=str(path)))  # events get leaves as they are written: serve requires it
     try:
         base = 1_700_000_000_000
         batch: list[PreparedEvent] = []

@@ -114,14 +114,16 @@ def test_a_clean_log_verifies_and_its_root_is_the_rfc6962_root_of_its_leaves(log
     assert report.checkpoints_checked == 2 and report.latest_verified["size"] == 11
     hashes = log.trust.log.leaf_hashes(11)
     assert log.trust.log.state().root == merkle.root_from_leaf_hashes(hashes)
-    # The leaf commits to the record, the SHA-256 of the kept raw bytes, and the ingest token.
+    # The leaf commits to the retention class, the time and the hash of the content: the record, the
+    # SHA-256 of the kept raw bytes, whether they were kept, and the ingest token.
     rec = log.store.get(3)
     assert rec is not None
     idx, raw_sha, token, lh = log.trust.log.leaf_row(3)  # type: ignore[misc]
     assert raw_sha == hashlib.sha256(log.store.raw(3) or b"").digest() and token is None
-    assert lh == integrity.leaf_hash_of(
-        integrity.leaf_object(rec, index=idx, raw_sha256=raw_sha, ingest_token=None)
-    )
+    obj, content = integrity.record_leaf(rec, index=idx, raw_sha256=raw_sha, raw_kept=True, ingest_token=None)
+    assert lh == integrity.leaf_hash_of(obj)
+    assert obj["class"] == "pipeline" and obj["time"] == rec.time and content["raw_kept"] is True
+    assert integrity.leaf_data(obj).startswith(b"spintrail-leaf/v2\n")
 
 
 def test_a_changed_byte_in_a_record_is_named(log: Log) -> None:
@@ -174,7 +176,8 @@ def test_reordered_records_are_named(log: Log) -> None:
     log.sql("UPDATE integrity_leaves SET idx = 1 WHERE idx = 3")
     log.sql("UPDATE integrity_leaves SET idx = 3 WHERE idx = -1")
     report = log.verify()
-    changed = sorted(p.record for p in report.problems if p.kind == "record_changed")
+    # Each leaf commits to its index: both moved leaves are named.
+    changed = sorted(p.record for p in report.problems if p.kind in ("record_changed", "leaf_changed"))
     assert changed == [2, 4]
     assert "chain_broken" in kinds(report)
 
@@ -207,8 +210,9 @@ def test_a_truncated_tail_is_caught_by_an_exported_checkpoint(log: Log, tmp_path
     assert log.verify().ok  # the database alone is consistent again ...
     exported = integrity.read_checkpoint_files([tmp_path / "exported"])
     report = log.verify(exported=exported)  # ... the exported copy is not
-    (problem,) = report.problems
-    assert problem.kind == "truncated" and problem.leaf == 6
+    assert kinds(report) == {"truncated", "checkpoint_missing"}
+    (problem,) = [p for p in report.problems if p.kind == "truncated"]
+    assert problem.leaf == 6
     assert "leaves 6..9" in problem.message and "record 6" in problem.message
 
 
@@ -254,17 +258,20 @@ def test_a_record_inserted_behind_spintrail_is_named(log: Log) -> None:
     assert [(p.kind, p.event_id) for p in problems] == [("not_logged", "forged-event")]
 
 
-def test_retention_removes_content_but_keeps_the_log_verifiable(log: Log) -> None:
+def test_a_deletion_disguised_as_retention_is_named(log: Log, tmp_path: Path) -> None:
+    """Marking a leaf as removed by retention does not justify a removal: only a recorded retention run
+    whose committed cut-off covers the leaf's committed class and time does."""
     log.add(*range(1, 6))
     log.sign()
-    conn = log.store.connect()
-    conn.execute("BEGIN IMMEDIATE")
-    conn.execute("DELETE FROM events WHERE id IN (1, 2)")
-    log.trust.log.forget_content(conn, [1, 2], "retention: older than 90 days")
-    conn.execute("COMMIT")
-    conn.close()
-    report = log.verify()
-    assert report.ok and report.content_removed == 2 and report.records_checked == 3
+    log.sql("DELETE FROM events WHERE id = 2")
+    log.sql(
+        "UPDATE integrity_leaves SET content_removed_at = 1, content_removed_reason = 'retention'"
+        " WHERE event_row = 2"
+    )
+    for exported in ([], integrity.read_checkpoint_files([tmp_path / "exported"])):
+        report = log.verify(exported=exported)
+        assert [(p.kind, p.record, p.leaf) for p in report.problems] == [("unjustified_removal", 2, 1)]
+        assert "00000000-0000-0000-0000-000000000002" in report.problems[0].message
 
 
 def test_raw_bytes_can_be_dropped_without_breaking_the_log(tmp_path: Path) -> None:
@@ -317,22 +324,38 @@ def test_the_log_resumes_across_restarts_and_concurrent_writers(tmp_path: Path) 
     store.close()
 
 
-def test_events_stored_before_the_log_existed_are_added_once(tmp_path: Path) -> None:
+def test_events_stored_before_the_log_existed_get_leaves_only_by_adopt(tmp_path: Path) -> None:
     from spintrail.normalize import normalize
     from spintrail.store import PreparedEvent
 
     path = tmp_path / "old.db"
     store = SqliteStore(path)
-    old = [ev(n) for n in range(1, 2106)]  # more than one backfill chunk
-    store.append([PreparedEvent(normalize(e, received_at=1), json.dumps(e).encode()) for e in old])
+    from spintrail.fulltext import index_text
+
+    old = [ev(n) for n in range(1, 303)]  # more than one adopt chunk
+    records = [normalize(e, received_at=1) for e in old]
+    store.append(
+        [
+            PreparedEvent(r, json.dumps(e).encode(), text=index_text(r, e))
+            for r, e in zip(records, old, strict=True)
+        ]
+    )
     settings = Settings(database=str(path))
     ing = Ingestor(settings, store)
-    assert ing.trust.log.state().size == 2105
-    assert ing.trust.log.backfill() == 0  # once only
+    # Opening the store never gives events leaves: verify names them.
+    assert ing.trust.log.state().size == 0
+    assert ing.trust.log.unlogged_events() == (302, [e["eventId"] for e in old[:5]])
+    key = ing.trust.signing_key().verifier
+    assert {p.kind for p in integrity.verify(store, ing.trust.conns, [key]).problems} == {"not_logged"}
+    outcome = ing.trust.log.adopt(chunk=200)
+    assert outcome["events_adopted"] == 302 and outcome["removals_acknowledged"] == 0
+    assert ing.trust.log.adopt()["events_adopted"] == 0  # once only
     e = ev(99999)
     store.append([ing.prepare(IncomingEvent(e, json.dumps(e).encode()))])
-    report = integrity.verify(store, ing.trust.conns, [ing.trust.signing_key().verifier])
-    assert report.ok and report.leaves == 2106
+    report = integrity.verify(store, ing.trust.conns, [key])
+    assert report.ok, report.problems
+    # 302 events, one adopt action per chunk of 200, one new event.
+    assert report.leaves == 305 and report.admin_actions == {"adopt": 2}
     ing.trust.close()
     store.close()
 
@@ -356,6 +379,12 @@ def test_evidence_bundle_checks_offline_and_any_change_to_it_fails(log: Log) -> 
 
     assert not broken(lambda b: b["record"].update(user="mallory@example.com")).ok
     assert not broken(lambda b: b["leaf"]["data"].update(user="mallory@example.com")).ok
+    # A version 2 leaf commits to its content by hash, and to the class and time beside it.
+    assert bundle["leaf"]["data"]["v"] == 2 and bundle["leaf"]["content"]["event_id"] == record.event_id
+    mallory = {"user": "mallory@example.com"}
+    assert not broken(lambda b: (b["leaf"]["content"].update(mallory), b["record"].update(mallory))).ok
+    assert not broken(lambda b: b["leaf"]["data"].update(time=1)).ok
+    assert not broken(lambda b: b["leaf"].pop("content")).ok
     assert not broken(lambda b: b["leaf"].update(index=3)).ok
     assert not broken(lambda b: b["inclusion_proof"].reverse()).ok
     assert not broken(lambda b: b.update(raw=b["raw"][:-4] + "AAA=")).ok
@@ -480,19 +509,24 @@ def _leaves_from(log: Log, start: int) -> None:
     """Recompute every leaf from ``start`` and the head, as someone who knows the scheme but not the key."""
     conn = log.store.connect()
     rows = conn.execute(
-        "SELECT idx, event_row, raw_sha256, ingest_token FROM integrity_leaves ORDER BY idx"
+        "SELECT idx, event_row, raw_sha256, ingest_token, raw_kept FROM integrity_leaves ORDER BY idx"
     ).fetchall()
     chain = integrity.GENESIS
     tree = merkle.CompactRange()
     conn.execute("BEGIN IMMEDIATE")
-    for idx, row, raw_sha, token in rows:
-        if idx >= start:
+    for idx, row, raw_sha, token, kept in rows:
+        if idx >= start and row is not None:
             record = log.store.get(row)
             assert record is not None
-            lh = integrity.leaf_hash_of(
-                integrity.leaf_object(record, index=idx, raw_sha256=raw_sha, ingest_token=token)
+            obj, _ = integrity.record_leaf(
+                record, index=idx, raw_sha256=raw_sha, raw_kept=bool(kept), ingest_token=token
             )
-            conn.execute("UPDATE integrity_leaves SET leaf_hash = ? WHERE idx = ?", (lh, idx))
+            lh = integrity.leaf_hash_of(obj)
+            conn.execute(
+                "UPDATE integrity_leaves SET leaf_hash = ?, event_class = ?, event_time = ?,"
+                " content_sha256 = ? WHERE idx = ?",
+                (lh, obj["class"], obj["time"], bytes.fromhex(obj["content_sha256"]), idx),
+            )
         else:
             lh = conn.execute("SELECT leaf_hash FROM integrity_leaves WHERE idx = ?", (idx,)).fetchone()[0]
         chain = integrity.chain_next(chain, lh)

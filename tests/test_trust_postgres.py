@@ -138,8 +138,11 @@ def test_trust_tables_and_log_on_postgresql(pg: SchemaStore, tmp_path: Path) -> 
         log.hook(w, [Written(written[0].item, 100)])
     second = log.sign(signer)
     assert integrity.verify_bundle(log.consistency_bundle(first, second), verifier).ok
-    log.forget_content(conn, [1], "retention")
-    assert dbutil.one(conn, "SELECT content_removed_reason FROM integrity_leaves WHERE event_row = 1")[0]
+    # An administrative action is a leaf too, appended in the caller's transaction.
+    with writer_transaction(pg) as w:
+        index = integrity.record_admin_action(w, "token_created", {"name": "ci", "role": "ingest"})
+    assert index == 8 and log.state().size == 9
+    assert [(a.action, a.details["name"]) for a in integrity.admin_actions(conn)] == [("token_created", "ci")]
     conns.close()
 
 

@@ -117,6 +117,7 @@ RULES: dict[str, Rule] = {
     "POST /api/v1/hash": AUDITOR,  # logged by the endpoint, with the hash (never the value)
     "GET /api/v1/integrity/key": VIEWER,
     "GET /api/v1/integrity/checkpoints": AUDITOR,
+    "GET /api/v1/integrity/actions": Rule("auditor", all_apps=True),
     "GET /api/v1/integrity/proof/{ref}": Rule("auditor", log="proof"),
     "GET /api/v1/integrity/consistency": AUDITOR,
     "POST /api/v1/integrity/verify": Rule("auditor", all_apps=True, log="verify"),

@@ -185,6 +185,7 @@ def serve(
     except Exception as exc:
         store.close()
         raise fail(f"cannot set up authentication and signing keys: {exc}") from None
+    refuse_unlogged_events(store)
     err.print(
         f"spintrail {__version__} listening on {scheme}://{settings.host}:{settings.port} "
         f"(store: {store.backend})"
@@ -194,6 +195,23 @@ def serve(
         run_server(create_app(settings, store, close_store=True), settings, **tls)
     finally:
         store.close()
+
+
+def refuse_unlogged_events(store: Store) -> None:
+    """Exit 3 when stored events have no leaf in the tamper-evident log: they are never added silently."""
+    from spintrail.trust import installed
+
+    trust = installed(store)
+    count, first = trust.log.unlogged_events() if trust is not None else (0, [])
+    if count:
+        store.close()
+        raise fail(
+            f"{count} stored event(s) have no leaf in the tamper-evident log (first: {', '.join(first)}). "
+            "They are never added silently: if this store predates the log or was copied without it, run "
+            "`spintrail integrity adopt`; otherwise they were inserted outside spintrail: run "
+            "`spintrail verify`",
+            3,
+        )
 
 
 def tls_options(settings: Settings) -> dict[str, Any]:
@@ -560,7 +578,7 @@ def retention(
                 dry_run=dry_run,
                 progress=lambda n: progress.advance(task, n),
             )
-    except ret.RetentionBusy as exc:
+    except (ret.RetentionBusy, ret.RetentionRefused) as exc:
         raise fail(str(exc)) from None
     except StoreError as exc:
         raise fail(f"{exc} (what was removed before the error stays removed; run again to finish)") from None
@@ -667,10 +685,12 @@ def check(
 
     Safe on a live store (reads one snapshot, no write lock). Exits 1 when a problem is found.
     """
+    from spintrail import integrity
     from spintrail.store import CheckReport
 
     settings = settings_from(config, database=database)
     store = open_store_or_exit(settings, read_only=True)
+    store.check_hooks.append(integrity.check_hook)  # what retention decides on still matches the log
     try:
         with Progress(
             TextColumn("verifying raw blobs"),

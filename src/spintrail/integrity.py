@@ -3,18 +3,34 @@ RFC 6962 Merkle tree, with signed checkpoints, inclusion and consistency proofs,
 
 Leaves
 ------
-Leaf *i* (0-based, in commit order) commits to the canonical record and the SHA-256 of the raw bytes kept
-(``scrub.py``) and the name of the ingest token::
+Leaf *i* (0-based, in commit order) is an event or an administrative action. An event leaf (version 2)
+commits to what retention decides on, the event's retention class and time, and to the hash of its content:
+the canonical record, the SHA-256 of the raw bytes (``scrub.py``), whether they were kept, and the name of
+the ingest token::
 
-    leaf data  = b"spintrail-leaf/v1\\n" || JCS({"v": 1, "index": i, "id": ..., "event_id": ...,
-                 "received_at": ms, "time": ms, <every record field>, "raw_sha256": hex, "ingest_token": ...})
+    content    = JCS({"id", "event_id", "received_at": ms, "time": ms, <every record field>,
+                      "raw_sha256": hex, "raw_kept": bool, "ingest_token": ...})
+    leaf data  = b"spintrail-leaf/v2\\n" || JCS({"v": 2, "index": i, "kind": "event", "class": ...,
+                 "time": ms, "content_sha256": hex(SHA-256(content))})
+    admin leaf = b"spintrail-leaf/v2\\n" || JCS({"v": 2, "index": i, "kind": "admin", "action": ...,
+                 "at": ms, "details": {...}})
     leaf hash  = SHA-256(0x00 || leaf data)                           (RFC 6962 leaf hash)
     chain[i]   = SHA-256(chain[i-1] || leaf hash[i]),  chain[-1] = 32 zero bytes
 
-JCS is RFC 8785 canonical JSON; records hold only strings, integers, lists and nulls, for which sorted keys
-and compact separators with UTF-8 output are exactly JCS. Leaves live in their own table
-(``integrity_leaves``) and are never deleted: retention and redaction remove content (``forget_content``),
-and the log still verifies because leaves commit to the hash of the raw bytes, not the bytes.
+Version 1 leaves (``b"spintrail-leaf/v1\\n" || JCS({"v": 1, "index": i, <the content without
+raw_kept>})``), written before class and time were committed apart from the content, keep verifying.
+
+JCS is RFC 8785 canonical JSON; leaves hold only strings, integers, booleans, lists, objects and nulls, for
+which sorted keys and compact separators with UTF-8 output are exactly JCS. Leaves live in their own table
+(``integrity_leaves``, with class, time, content hash and action details beside each leaf hash so that
+``verify`` recomputes a leaf after its content is gone) and are never deleted. Retention removes content,
+decides on the committed class and time, and records each batch as a ``retention`` action (policy, cut-offs,
+removed leaves) in the same transaction; ``verify`` names every removal no recorded run justifies
+(``unjustified_removal``). Other administrative actions (tokens created and revoked, ``adopt``,
+``accept_rollback``) go through ``record_admin_action`` in the transaction of the change they record.
+
+Leaves are never created silently: events that lack one are reported (``not_logged``) and stop ``serve``
+until ``spintrail integrity adopt`` gives them leaves, itself recorded.
 
 The write hook runs inside the store's writer transaction, appends the group's leaves in commit order and
 keeps the chain head and the Merkle peaks (``CompactRange``) in ``integrity_state`` in the same transaction,
@@ -31,11 +47,13 @@ seconds, also when idle. Each is stored (``integrity_checkpoints``), optionally 
 from __future__ import annotations
 
 import base64
+import bisect
 import hashlib
 import itertools
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -46,13 +64,16 @@ from typing import Any
 from spintrail import checkpoint as notes
 from spintrail import dbutil, merkle, private
 from spintrail.query import FilterError, parse_time
-from spintrail.record import API_FIELDS, LIST_FIELDS, TEXT_FIELDS, AuditRecord, format_time
+from spintrail.record import API_FIELDS, LIST_FIELDS, TEXT_FIELDS, AuditRecord, event_class, format_time
 from spintrail.signer_state import SignerGuard, SignerRefused
-from spintrail.store.base import Store, Written
+from spintrail.store.base import CheckProblem, IndexChecker, Store, Written
 
 log = logging.getLogger(__name__)
 
 LEAF_PREFIX = b"spintrail-leaf/v1\n"
+LEAF_PREFIX_V2 = b"spintrail-leaf/v2\n"
+#: Names of administrative actions: lower-case words joined by underscores.
+_ACTION = re.compile(r"[a-z][a-z_]{0,63}")
 GENESIS = bytes(32)
 BUNDLE_FORMAT = "spintrail-evidence/v1"
 CONSISTENCY_FORMAT = "spintrail-consistency/v1"
@@ -91,7 +112,40 @@ MIGRATIONS: dict[str, list[tuple[int, str]]] = {
             );
             CREATE INDEX integrity_checkpoints_size ON integrity_checkpoints(size, id)
             """,
-        )
+        ),
+        (
+            2,
+            """
+            CREATE TABLE integrity_leaves_v2 (
+                idx INTEGER PRIMARY KEY,
+                event_row INTEGER UNIQUE,
+                event_id TEXT,
+                raw_sha256 BLOB,
+                ingest_token TEXT,
+                leaf_hash BLOB NOT NULL,
+                chain_hash BLOB NOT NULL,
+                content_removed_at INTEGER,
+                content_removed_reason TEXT,
+                version INTEGER NOT NULL DEFAULT 1,
+                event_class TEXT,
+                event_time INTEGER,
+                content_sha256 BLOB,
+                raw_kept INTEGER,
+                action TEXT,
+                action_at INTEGER,
+                details TEXT
+            );
+            INSERT INTO integrity_leaves_v2(idx, event_row, event_id, raw_sha256, ingest_token, leaf_hash,
+                chain_hash, content_removed_at, content_removed_reason)
+                SELECT idx, event_row, event_id, raw_sha256, ingest_token, leaf_hash, chain_hash,
+                content_removed_at, content_removed_reason FROM integrity_leaves;
+            DROP TABLE integrity_leaves;
+            ALTER TABLE integrity_leaves_v2 RENAME TO integrity_leaves;
+            CREATE INDEX integrity_leaves_retention ON integrity_leaves(event_class, event_time)
+                WHERE event_class IS NOT NULL;
+            CREATE INDEX integrity_leaves_actions ON integrity_leaves(action, idx) WHERE action IS NOT NULL
+            """,
+        ),
     ],
     "postgresql": [
         (
@@ -123,7 +177,20 @@ MIGRATIONS: dict[str, list[tuple[int, str]]] = {
             );
             CREATE INDEX integrity_checkpoints_size ON integrity_checkpoints(size, id)
             """,
-        )
+        ),
+        (
+            2,
+            """
+            ALTER TABLE integrity_leaves ALTER COLUMN event_row DROP NOT NULL,
+                ALTER COLUMN event_id DROP NOT NULL, ALTER COLUMN raw_sha256 DROP NOT NULL,
+                ADD COLUMN version INTEGER NOT NULL DEFAULT 1, ADD COLUMN event_class TEXT,
+                ADD COLUMN event_time BIGINT, ADD COLUMN content_sha256 BYTEA, ADD COLUMN raw_kept BOOLEAN,
+                ADD COLUMN action TEXT, ADD COLUMN action_at BIGINT, ADD COLUMN details TEXT;
+            CREATE INDEX integrity_leaves_retention ON integrity_leaves(event_class, event_time)
+                WHERE event_class IS NOT NULL;
+            CREATE INDEX integrity_leaves_actions ON integrity_leaves(action, idx) WHERE action IS NOT NULL
+            """,
+        ),
     ],
 }
 
@@ -138,7 +205,7 @@ class IntegrityError(RuntimeError):
 def leaf_object(
     record: AuditRecord, *, index: int, raw_sha256: bytes, ingest_token: str | None
 ) -> dict[str, Any]:
-    """The object a leaf commits to (times as epoch milliseconds)."""
+    """The object a version 1 leaf commits to (times as epoch milliseconds)."""
     obj: dict[str, Any] = {
         "v": 1,
         "index": index,
@@ -156,18 +223,98 @@ def leaf_object(
     return obj
 
 
+def content_object(
+    record: AuditRecord, *, raw_sha256: bytes, raw_kept: bool, ingest_token: str | None
+) -> dict[str, Any]:
+    """The content a version 2 event leaf commits to by hash: the record, the SHA-256 of the raw bytes,
+    whether the raw bytes were kept, and the ingest token's name."""
+    obj = leaf_object(record, index=0, raw_sha256=raw_sha256, ingest_token=ingest_token)
+    del obj["v"], obj["index"]
+    obj["raw_kept"] = bool(raw_kept)
+    return obj
+
+
+def content_sha256(content: dict[str, Any]) -> bytes:
+    return hashlib.sha256(canonical(content)).digest()
+
+
+def event_leaf_object(*, index: int, event_class: str, time: int, content_sha: bytes) -> dict[str, Any]:
+    """The object a version 2 event leaf commits to: what retention decides on, and the content's hash."""
+    return {
+        "v": 2,
+        "index": index,
+        "kind": "event",
+        "class": event_class,
+        "time": time,
+        "content_sha256": content_sha.hex(),
+    }
+
+
+def record_leaf(
+    record: AuditRecord, *, index: int, raw_sha256: bytes, raw_kept: bool, ingest_token: str | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(leaf object, content object) of a version 2 event leaf."""
+    content = content_object(record, raw_sha256=raw_sha256, raw_kept=raw_kept, ingest_token=ingest_token)
+    obj = event_leaf_object(
+        index=index,
+        event_class=event_class(record.type),
+        time=record.time,
+        content_sha=content_sha256(content),
+    )
+    return obj, content
+
+
+def admin_leaf_object(*, index: int, action: str, at: int, details: dict[str, Any]) -> dict[str, Any]:
+    """The object an administrative action's leaf commits to."""
+    return {"v": 2, "index": index, "kind": "admin", "action": action, "at": at, "details": details}
+
+
 def canonical(obj: Any) -> bytes:
-    """RFC 8785 (JCS) bytes of a value made of strings, integers, lists, objects and nulls."""
+    """RFC 8785 (JCS) bytes of a value made of strings, integers, booleans, lists, objects and nulls."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return text.encode("utf-8", "surrogatepass")
 
 
 def leaf_data(obj: dict[str, Any]) -> bytes:
-    return LEAF_PREFIX + canonical(obj)
+    return (LEAF_PREFIX if obj.get("v", 1) == 1 else LEAF_PREFIX_V2) + canonical(obj)
 
 
 def leaf_hash_of(obj: dict[str, Any]) -> bytes:
     return merkle.leaf_hash(leaf_data(obj))
+
+
+def ranges(indexes: Iterable[int]) -> list[list[int]]:
+    """Indexes as sorted inclusive ``[first, last]`` runs (how a retention run lists what it removed)."""
+    out: list[list[int]] = []
+    for i in sorted(set(indexes)):
+        if out and out[-1][1] == i - 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return out
+
+
+def merge_ranges(runs: Iterable[Sequence[int]]) -> list[list[int]]:
+    """Inclusive runs from several lists, sorted and merged (for ``in_ranges``)."""
+    out: list[list[int]] = []
+    for lo, hi in sorted((int(r[0]), int(r[1])) for r in runs):
+        if out and lo <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return out
+
+
+def in_ranges(index: int, runs: Sequence[Sequence[int]]) -> bool:
+    """Is ``index`` in one of ``runs`` (sorted, disjoint inclusive runs, as ``merge_ranges`` makes)?"""
+    lo, hi = 0, len(runs)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if runs[mid][1] < index:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo < len(runs) and runs[lo][0] <= index <= runs[lo][1]
 
 
 def chain_next(previous: bytes, leaf: bytes) -> bytes:
@@ -299,41 +446,69 @@ class IntegrityLog:
             item = w.item
             raw_sha = item.raw_sha256 or hashlib.sha256(item.raw).digest()
             item.record.id = w.id
-            obj = leaf_object(
-                item.record, index=state.size, raw_sha256=raw_sha, ingest_token=item.ingest_token
+            obj, _ = record_leaf(
+                item.record,
+                index=state.size,
+                raw_sha256=raw_sha,
+                raw_kept=item.keep_raw,
+                ingest_token=item.ingest_token,
             )
             lh = leaf_hash_of(obj)
             state.chain_head = chain_next(state.chain_head, lh)
             state.tree.append(lh)
             rows.append(
-                (state.size, w.id, item.record.event_id, raw_sha, item.ingest_token, lh, state.chain_head)
+                (
+                    state.size,
+                    w.id,
+                    item.record.event_id,
+                    raw_sha,
+                    item.ingest_token,
+                    lh,
+                    state.chain_head,
+                    obj["class"],
+                    obj["time"],
+                    bytes.fromhex(obj["content_sha256"]),
+                    bool(item.keep_raw),
+                )
             )
             state.size += 1
         conn.cursor().executemany(
             dbutil.sql(
                 conn,
                 "INSERT INTO integrity_leaves(idx, event_row, event_id, raw_sha256, ingest_token, leaf_hash,"
-                " chain_hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " chain_hash, version, event_class, event_time, content_sha256, raw_kept)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 2, ?, ?, ?, ?)",
             ),
             rows,
         )
         _save_state(conn, state)
 
-    def backfill(self, *, chunk: int = 2000) -> int:
-        """Give leaves to events stored before the log existed (an upgrade): only when the log is empty,
-        so an event slipped into the database later is reported by ``verify`` instead of adopted."""
+    def record_admin_action(self, action: str, details: dict[str, Any]) -> int:
+        """Append an administrative action to the log in a transaction of its own; returns its leaf index."""
         conn = self.conns.get()
-        if load_state(conn).size:
-            return 0
+        with dbutil.transaction(conn, lock="integrity_state"):
+            return record_admin_action(conn, action, details)
+
+    def unlogged_events(self, *, limit: int = 5) -> tuple[int, list[str]]:
+        """How many stored events have no leaf, and the event ids of the first ``limit``."""
+        return unlogged_events(self.conns.get(), limit=limit)
+
+    def adopt(self, *, chunk: int = 2000, by: str = "cli") -> dict[str, Any]:
+        """Give leaves to the events that lack them (a store from before the log existed, a copy made
+        without the log) and acknowledge version 1 leaves whose content was removed before removals were
+        recorded; every chunk is recorded in the log as an ``adopt`` action naming the leaves it made.
+
+        This is the only way events get leaves other than being written: never done implicitly."""
         from spintrail.store.base import PreparedEvent
 
-        total = 0
+        conn = self.conns.get()
+        total, first, last = 0, None, None
         while True:
             with dbutil.transaction(conn, lock="integrity_state"):
                 rows = dbutil.rows(
                     conn,
                     "SELECT e.id FROM events e LEFT JOIN integrity_leaves l ON l.event_row = e.id"
-                    " WHERE l.event_row IS NULL ORDER BY e.id LIMIT ?",
+                    " WHERE l.idx IS NULL ORDER BY e.id LIMIT ?",
                     (chunk,),
                 )
                 written: list[Written] = []
@@ -341,32 +516,80 @@ class IntegrityLog:
                     record = self.store.get(int(row_id))
                     if record is None:
                         continue
-                    raw = self.store.raw(int(row_id)) or b""
-                    item = PreparedEvent(record=record, raw=raw, raw_sha256=_stored_raw_sha(conn, row_id))
+                    raw = self.store.raw(int(row_id))
+                    item = PreparedEvent(
+                        record=record,
+                        raw=raw or b"",
+                        keep_raw=raw is not None,
+                        raw_sha256=_stored_raw_sha(conn, row_id),
+                    )
                     written.append(Written(item, int(row_id)))
-                if written:
-                    self.hook(conn, written)
+                if not written:
+                    break
+                start = load_state(conn).size
+                self.hook(conn, written)
+                end = start + len(written) - 1
+                record_admin_action(
+                    conn,
+                    "adopt",
+                    {"by": by, "leaves": [[start, end]], "events": len(written)},
+                )
             total += len(written)
+            first = start if first is None else first
+            last = end
             if len(rows) < chunk:
                 break
+        acknowledged = self._acknowledge_legacy_removals(by)
         if total:
-            log.warning(
-                "integrity: %d events stored before the tamper-evident log existed were added to it", total
-            )
-        return total
+            log.warning("integrity: %d events without a leaf were adopted into the log", total)
+        return {
+            "events_adopted": total,
+            "leaves": [first, last] if first is not None else None,
+            "removals_acknowledged": acknowledged,
+        }
 
-    def forget_content(self, conn: Any, event_rows: Iterable[int], reason: str) -> None:
-        """Mark records whose content retention or redaction removed (call in the same transaction as the
-        delete). Their leaves stay; ``verify`` reports them as removed, not as tampered."""
-        now = int(time.time() * 1000)
-        conn.cursor().executemany(
-            dbutil.sql(
-                conn,
-                "UPDATE integrity_leaves SET content_removed_at = ?, content_removed_reason = ?"
-                " WHERE event_row = ?",
-            ),
-            [(now, reason, int(r)) for r in event_rows],
-        )
+    def _acknowledge_legacy_removals(self, by: str) -> int:
+        """Version 1 leaves (which do not commit to class and time apart from the content) whose record is
+        gone and that no recorded retention run lists: recorded once as acknowledged by ``adopt``."""
+        conn = self.conns.get()
+        with dbutil.transaction(conn, lock="integrity_state"):
+            justified: list[list[int]] = []
+            for (details,) in dbutil.rows(
+                conn, "SELECT details FROM integrity_leaves WHERE action IN ('retention', 'adopt')"
+            ):
+                d = json.loads(details)
+                justified += d.get("removed", []) + d.get("acknowledged_removals", [])
+            justified = merge_ranges(justified)
+            gone = [
+                int(r[0])
+                for r in dbutil.rows(
+                    conn,
+                    "SELECT l.idx FROM integrity_leaves l LEFT JOIN events e ON e.id = l.event_row"
+                    " WHERE l.version = 1 AND e.id IS NULL ORDER BY l.idx",
+                )
+                if not in_ranges(int(r[0]), justified)
+            ]
+            if gone:
+                record_admin_action(conn, "adopt", {"by": by, "acknowledged_removals": ranges(gone)})
+        return len(gone)
+
+    def accept_rollback(self, to: int, *, by: str = "cli") -> dict[str, Any]:
+        """Record that the database was restored from a backup whose log has ``to`` leaves, older than
+        checkpoints signed before: once a checkpoint signed afterwards covers this action, ``verify`` excuses
+        those checkpoints (signed before now, larger than ``to``) instead of reporting the log as rolled
+        back."""
+        conn = self.conns.get()
+        with dbutil.transaction(conn, lock="integrity_state"):
+            size = load_state(conn).size
+            if size != to:
+                raise IntegrityError(
+                    f"the log holds {size} leaves, not {to}: give --to {size} to accept the restored log "
+                    "as it is"
+                )
+            latest = dbutil.one(conn, "SELECT max(size) FROM integrity_checkpoints")
+            details = {"by": by, "to": to, "largest_stored_checkpoint": latest[0] if latest else None}
+            index = record_admin_action(conn, "accept_rollback", details)
+        return {"leaf": index, **details}
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -490,7 +713,14 @@ class IntegrityLog:
                 "run `spintrail verify`"
             )
         index, raw_sha, token, stored_hash = found
-        obj = leaf_object(record, index=index, raw_sha256=raw_sha, ingest_token=token)
+        leaf = _leaf_of_row(self.conns.get(), record.id)
+        content: dict[str, Any] | None = None
+        if leaf is not None and leaf.version >= 2:
+            obj, content = record_leaf(
+                record, index=index, raw_sha256=raw_sha, raw_kept=bool(leaf.raw_kept), ingest_token=token
+            )
+        else:
+            obj = leaf_object(record, index=index, raw_sha256=raw_sha, ingest_token=token)
         if leaf_hash_of(obj) != stored_hash:
             raise IntegrityError(
                 f"record {record.id} (event {record.event_id}) no longer matches its leaf {index}: it was "
@@ -516,6 +746,8 @@ class IntegrityLog:
             "inclusion_proof": [_b64(h) for h in proof],
             "checkpoint": cp.note,
         }
+        if content is not None:
+            bundle["leaf"]["content"] = content
         if verifier:
             bundle["verifier_key"] = verifier
         if include_raw:
@@ -541,6 +773,127 @@ class IntegrityLog:
             "new": new.note if isinstance(new, StoredCheckpoint) else new,
             "proof": [_b64(h) for h in proof],
         }
+
+
+def record_admin_action(conn: Any, action: str, details: dict[str, Any], *, now_ms: int | None = None) -> int:
+    """Append an administrative action (token created or revoked, retention run, adopt, accepted rollback,
+    ...) to the log, in the caller's write transaction; returns its leaf index.
+
+    ``details`` holds strings, integers, booleans, lists, objects and nulls; the leaf commits to all of it.
+    """
+    if not _ACTION.fullmatch(action):
+        raise ValueError(f"action {action!r} is not a lower-case name")
+    if not dbutil.is_sqlite(conn):
+        conn.execute("LOCK TABLE integrity_state IN SHARE ROW EXCLUSIVE MODE")
+    text = canonical(details).decode("utf-8")
+    details = json.loads(text)
+    at = now_ms if now_ms is not None else int(time.time() * 1000)
+    state = load_state(conn)
+    obj = admin_leaf_object(index=state.size, action=action, at=at, details=details)
+    lh = leaf_hash_of(obj)
+    state.chain_head = chain_next(state.chain_head, lh)
+    state.tree.append(lh)
+    dbutil.execute(
+        conn,
+        "INSERT INTO integrity_leaves(idx, leaf_hash, chain_hash, version, action, action_at, details)"
+        " VALUES (?, ?, ?, 2, ?, ?, ?)",
+        (state.size, lh, state.chain_head, action, at, text),
+    )
+    index = state.size
+    state.size += 1
+    _save_state(conn, state)
+    return index
+
+
+def check_hook(conn: Any) -> list[CheckProblem]:
+    """``Store.check`` hook: events whose time differs from what their leaf committed to (what retention
+    decides on), and events without a leaf. Cheap, with no key: ``verify`` is the full check."""
+    if dbutil.is_sqlite(conn):
+        present = dbutil.one(
+            conn, "SELECT 1 FROM pragma_table_info('integrity_leaves') WHERE name = 'event_time'"
+        )
+    else:
+        present = dbutil.one(
+            conn,
+            "SELECT 1 FROM information_schema.columns WHERE table_name = 'integrity_leaves'"
+            " AND column_name = 'event_time' AND table_schema = current_schema()",
+        )
+    if present is None:
+        return []
+    problems: list[CheckProblem] = []
+    for row_id, event_id, t, committed_time in dbutil.rows(
+        conn,
+        "SELECT e.id, e.event_id, e.time, l.event_time FROM events e"
+        " JOIN integrity_leaves l ON l.event_row = e.id"
+        " WHERE l.event_time IS NOT NULL AND e.time <> l.event_time ORDER BY e.id LIMIT 20",
+    ):
+        problems.append(
+            CheckProblem(
+                "committed_time",
+                f"event {row_id} ({event_id}) has time {format_time(t)}, but its leaf committed "
+                f"{format_time(committed_time)}: it was changed (run `spintrail verify`)",
+            )
+        )
+    count, first = unlogged_events(conn)
+    if count:
+        problems.append(
+            CheckProblem(
+                "not_logged",
+                f"{count} event(s) have no leaf in the tamper-evident log (first: {', '.join(first)}): "
+                "`spintrail integrity adopt` for a store from before the log, else run `spintrail verify`",
+            )
+        )
+    return problems
+
+
+def unlogged_events(conn: Any, *, limit: int = 5) -> tuple[int, list[str]]:
+    """How many stored events have no leaf, and the event ids of the first ``limit``."""
+    rows = dbutil.rows(
+        conn,
+        "SELECT e.event_id FROM events e LEFT JOIN integrity_leaves l ON l.event_row = e.id"
+        " WHERE l.idx IS NULL ORDER BY e.id LIMIT ?",
+        (limit,),
+    )
+    if not rows:
+        return 0, []
+    count = dbutil.one(
+        conn,
+        "SELECT count(*) FROM events e LEFT JOIN integrity_leaves l ON l.event_row = e.id"
+        " WHERE l.idx IS NULL",
+    )
+    return int(count[0]), [r[0] for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class AdminAction:
+    """An administrative action as recorded in the log."""
+
+    index: int
+    action: str
+    at: int
+    details: dict[str, Any]
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "leaf": self.index,
+            "action": self.action,
+            "at": format_time(self.at),
+            "details": self.details,
+        }
+
+
+def admin_actions(conn: Any, *, action: str | None = None, limit: int = 100) -> list[AdminAction]:
+    """Recorded administrative actions, newest first (as stored: ``verify`` checks them against the log)."""
+    text = "SELECT idx, action, action_at, details FROM integrity_leaves WHERE action IS NOT NULL"
+    args: list[Any] = []
+    if action:
+        text += " AND action = ?"
+        args.append(action)
+    text += " ORDER BY idx DESC LIMIT ?"
+    return [
+        AdminAction(int(r[0]), r[1], int(r[2]), json.loads(r[3]))
+        for r in dbutil.rows(conn, text, (*args, limit))
+    ]
 
 
 def _stored_raw_sha(conn: Any, event_row: int) -> bytes | None:
@@ -628,8 +981,11 @@ class Report:
     records_checked: int = 0
     raw_checked: int = 0
     raw_not_kept: int = 0
+    index_checked: int = 0
     content_removed: int = 0
     checkpoints_checked: int = 0
+    checkpoints_excused: int = 0
+    admin_actions: dict[str, int] = field(default_factory=dict)
     latest_verified: dict[str, Any] | None = None
     problems: list[Problem] = field(default_factory=list)
 
@@ -645,8 +1001,11 @@ class Report:
             "records_checked": self.records_checked,
             "raw_checked": self.raw_checked,
             "raw_not_kept": self.raw_not_kept,
+            "index_checked": self.index_checked,
             "content_removed": self.content_removed,
             "checkpoints_checked": self.checkpoints_checked,
+            "checkpoints_excused_by_rollback": self.checkpoints_excused,
+            "admin_actions": dict(sorted(self.admin_actions.items())),
             "latest_verified_checkpoint": self.latest_verified,
             "problems": [p.to_api() for p in self.problems],
         }
@@ -665,6 +1024,37 @@ def _rec_label(record: int | None, event_id: str | None) -> str:
     return f"record {record} (event {event_id})"
 
 
+#: A retention run may not claim a time later than when it was recorded by more than this.
+_CLOCK_SLACK_MS = 5 * 60_000
+
+
+def _justifies(run: AdminAction, leaf: StoredLeaf) -> str | None:
+    """Why the recorded retention run ``run``, which lists ``leaf``, does not justify removing it (``None``:
+    it does)."""
+    d = run.details
+    if leaf.version < 2:
+        return None  # the run checked the record against its version 1 leaf before removing it
+    now = d.get("now")
+    cutoffs = d.get("cutoffs") or {}
+    cutoff = cutoffs.get(leaf.event_class or "")
+    if not isinstance(now, int) or now > run.at + _CLOCK_SLACK_MS:
+        return f"the run at leaf {run.index} claims a time after it was recorded"
+    days = (d.get("policy") or {}).get(f"{leaf.event_class}_days")
+    if (
+        not isinstance(cutoff, int)
+        or not isinstance(days, int)
+        or days <= 0
+        or cutoff != now - days * 86_400_000
+    ):
+        return f"the run at leaf {run.index} keeps {leaf.event_class} events forever or has an odd cut-off"
+    if leaf.event_time is None or leaf.event_time >= cutoff:
+        return (
+            f"its committed time {format_time(leaf.event_time)} is not older than the run's "
+            f"{leaf.event_class} cut-off {format_time(cutoff)}"
+        )
+    return None
+
+
 def verify(
     store: Store,
     conns: dbutil.Connections,
@@ -678,19 +1068,19 @@ def verify(
     progress: Callable[[int, int], None] | None = None,
 ) -> Report:
     """Check the store against the chain, the Merkle tree and every signed checkpoint (stored, and the
-    ``exported`` copies given as (label, note)), using only the verifier keys.
+    ``exported`` copies given as (label, note)), using only the verifier keys. Reads only.
 
-    Records are re-read and re-hashed for leaves ``start`` to ``end`` (all by default); the chain and the
-    tree are always checked from the first leaf. Every problem names the record or checkpoint concerned.
+    Records are re-read and re-hashed for leaves ``start`` to ``end`` (all by default), with their raw bytes
+    and search index; the chain, the tree, administrative actions and removals are always checked from the
+    first leaf. Every problem names the record or checkpoint concerned.
     """
     conn = conns.get()
     report = Report(origin=origin)
     problems = report.problems
 
-    # 1. checkpoints: signatures, origin, order (replays)
-    cps: list[_Cp] = [
-        _Cp(f"stored checkpoint #{c.id}", c.note, order=i) for i, c in enumerate(_all_cps(conn))
-    ]
+    # 1. checkpoints: signatures, origin
+    stored_cps = _all_cps(conn)
+    cps: list[_Cp] = [_Cp(f"stored checkpoint #{c.id}", c.note, order=i) for i, c in enumerate(stored_cps)]
     cps += [
         _Cp(f"exported checkpoint {label}", note, order=len(cps) + i)
         for i, (label, note) in enumerate(exported)
@@ -713,9 +1103,9 @@ def verify(
             continue
         cp.signed_at = checkpoint_time(cp.parsed)
     valid = [c for c in cps if c.parsed is not None]
-    _check_order(valid, problems)
 
-    # 2. leaves: contiguity, chain, content, raw bytes; roots at every checkpoint size
+    # 2. leaves: contiguity, chain, committed columns, content, raw bytes, index, removals judged against
+    # the recorded retention runs; roots at checkpoint sizes
     wanted = {c.parsed.size for c in valid if c.parsed is not None}
     roots: dict[int, bytes] = {}
     if 0 in wanted:
@@ -725,101 +1115,97 @@ def verify(
     expected = 0
     total = int(dbutil.one(conn, "SELECT count(*) FROM integrity_leaves")[0])
     last_record: tuple[int | None, str | None] = (None, None)
-    for idx, row_id, event_id, raw_sha, token, lh, ch, removed in _leaves(conn):
-        if idx != expected:
-            problems.append(
-                Problem(
-                    "leaf_missing",
-                    f"leaves {expected}..{idx - 1} are missing from the log (after "
-                    f"{_rec_label(*last_record)}, before {_rec_label(row_id, event_id)}): records were "
-                    "deleted together with their leaves",
-                    leaf=expected,
-                    record=row_id,
-                    event_id=event_id,
-                )
-            )
-            expected = idx
-        if chain_next(chain, lh) != ch:
-            problems.append(
-                Problem(
-                    "chain_broken",
-                    f"the hash chain breaks at leaf {idx}, {_rec_label(row_id, event_id)}: this leaf or the "
-                    "one "
-                    "before it was changed, removed or moved",
-                    leaf=idx,
-                    record=row_id,
-                    event_id=event_id,
-                )
-            )
-        chain = ch
-        tree.append(lh)
-        expected = idx + 1
-        if tree.size in wanted:
-            roots[tree.size] = tree.root()
-        last_record = (row_id, event_id)
-        if idx < start or (end is not None and idx >= end):
-            continue
-        record = store.get(row_id)
-        if record is None:
-            if removed is not None:
-                report.content_removed += 1
-            else:
+    actions: list[AdminAction] = []
+    removals = _Removals(conn)
+    checker = store.index_checker()
+    try:
+        for leaf in _leaves(conn):
+            idx, row_id, event_id, lh = leaf.idx, leaf.event_row, leaf.event_id, leaf.leaf_hash
+            if idx != expected:
                 problems.append(
                     Problem(
-                        "record_missing",
-                        f"{_rec_label(row_id, event_id)} at leaf {idx} is missing from the store: it was "
-                        "deleted",
+                        "leaf_missing",
+                        f"leaves {expected}..{idx - 1} are missing from the log (after "
+                        f"{_rec_label(*last_record)}, before {_rec_label(row_id, event_id)}): records were "
+                        "deleted together with their leaves",
+                        leaf=expected,
+                        record=row_id,
+                        event_id=event_id,
+                    )
+                )
+                expected = idx
+            if chain_next(chain, lh) != leaf.chain_hash:
+                problems.append(
+                    Problem(
+                        "chain_broken",
+                        f"the hash chain breaks at leaf {idx}, {_rec_label(row_id, event_id)}: this leaf or "
+                        "the one before it was changed, removed or moved",
                         leaf=idx,
                         record=row_id,
                         event_id=event_id,
                     )
                 )
-            continue
-        report.records_checked += 1
-        obj = leaf_object(record, index=idx, raw_sha256=raw_sha, ingest_token=token)
-        if leaf_hash_of(obj) != lh:
-            problems.append(
-                Problem(
-                    "record_changed",
-                    f"{_rec_label(row_id, record.event_id)} does not match leaf {idx}: it was changed after "
-                    "it "
-                    "was stored (or moved from another position)",
-                    leaf=idx,
-                    record=row_id,
-                    event_id=record.event_id,
+            chain = leaf.chain_hash
+            tree.append(lh)
+            expected = idx + 1
+            if tree.size in wanted:
+                roots[tree.size] = tree.root()
+            if progress is not None and idx % 1000 == 0:
+                progress(idx, total)
+            committed = leaf.committed_hash()
+            if leaf.version >= 2 and committed != lh:
+                what = (
+                    f"administrative action {leaf.action!r}" if leaf.action else _rec_label(row_id, event_id)
                 )
-            )
-        if check_raw:
-            try:
-                raw = store.raw(row_id)
-            except Exception as exc:  # a damaged blob: zstd or the delta chain fails
                 problems.append(
                     Problem(
-                        "raw_changed",
-                        f"the raw bytes of {_rec_label(row_id, record.event_id)} (leaf {idx}) cannot be "
-                        f"read: {exc}",
+                        "leaf_changed",
+                        f"leaf {idx} ({what}) does not match what it commits to: its stored class, time, "
+                        "content hash or action details were changed",
+                        leaf=idx,
+                        record=row_id,
+                        event_id=event_id,
+                    )
+                )
+                continue
+            if leaf.action is not None:
+                action = AdminAction(
+                    idx, leaf.action, int(leaf.action_at or 0), json.loads(leaf.details or "{}")
+                )
+                actions.append(action)
+                report.admin_actions[action.action] = report.admin_actions.get(action.action, 0) + 1
+                continue
+            if row_id is None:
+                problems.append(
+                    Problem("leaf_changed", f"leaf {idx} names neither a record nor an action", leaf=idx)
+                )
+                continue
+            last_record = (row_id, event_id)
+            record = store.get(row_id)
+            if record is None:
+                removals.judge(leaf, report)
+                continue
+            if idx < start or (end is not None and idx >= end):
+                continue
+            report.records_checked += 1
+            if leaf.hash_of_record(record) != lh:
+                problems.append(
+                    Problem(
+                        "record_changed",
+                        f"{_rec_label(row_id, record.event_id)} does not match leaf {idx}: it was changed "
+                        "after it was stored (or moved from another position)",
                         leaf=idx,
                         record=row_id,
                         event_id=record.event_id,
                     )
                 )
                 continue
-            if raw is None:
-                report.raw_not_kept += 1
-            elif hashlib.sha256(raw).digest() != raw_sha:
-                problems.append(
-                    Problem(
-                        "raw_changed",
-                        f"the raw bytes of {_rec_label(row_id, record.event_id)} (leaf {idx}) were changed",
-                        leaf=idx,
-                        record=row_id,
-                        event_id=record.event_id,
-                    )
-                )
-            else:
-                report.raw_checked += 1
-        if progress is not None and idx % 1000 == 0:
-            progress(idx, total)
+            _check_index(checker, record, idx, report)
+            if check_raw:
+                _check_raw(store, leaf, record, report)
+    finally:
+        if checker is not None:
+            checker.close()
     report.leaves = expected
     state = load_state(conn)
     if state.size != expected or state.chain_head != chain:
@@ -831,8 +1217,46 @@ def verify(
             )
         )
 
-    # 3. every checkpoint must match the log at its size
-    for cp in valid:
+    # 3. checkpoints: a restore accepted with `integrity accept-rollback` excuses the ones it discarded
+    # An acceptance counts once a checkpoint signed after it covers it: the signer took the restored log
+    # as its history (an acceptance merely written into the database excuses nothing).
+    rollbacks = [
+        (a.details.get("to"), a.at)
+        for a in actions
+        if a.action == "accept_rollback"
+        and any(
+            c.parsed is not None
+            and c.parsed.size > a.index
+            and c.signed_at is not None
+            and c.signed_at >= a.at
+            for c in valid
+        )
+    ]
+
+    def excused(cp: _Cp) -> bool:
+        assert cp.parsed is not None
+        return any(
+            isinstance(to, int) and cp.parsed.size > to and cp.signed_at is not None and cp.signed_at <= at
+            for to, at in rollbacks
+        )
+
+    current = [c for c in valid if not excused(c)]
+    report.checkpoints_excused = len(valid) - len(current)
+    _check_order(current, problems)
+    _check_equivocation(current, problems)
+    stored_notes = {c.note.strip() for c in stored_cps}
+    for cp in current:
+        assert cp.parsed is not None
+        if cp.label.startswith("exported") and cp.note.strip() not in stored_notes:
+            problems.append(
+                Problem(
+                    "checkpoint_missing",
+                    f"{cp.label} (size {cp.parsed.size}, signed {format_time(cp.signed_at)}) is not among "
+                    "the checkpoints stored in the database: it was deleted from the database",
+                    checkpoint=cp.label,
+                )
+            )
+    for cp in current:
         assert cp.parsed is not None
         report.checkpoints_checked += 1
         size = cp.parsed.size
@@ -869,13 +1293,13 @@ def verify(
     for row_id, event_id in dbutil.rows(
         conn,
         "SELECT e.id, e.event_id FROM events e LEFT JOIN integrity_leaves l ON l.event_row = e.id"
-        " WHERE l.event_row IS NULL ORDER BY e.id LIMIT 1000",
+        " WHERE l.idx IS NULL ORDER BY e.id LIMIT 1000",
     ):
         problems.append(
             Problem(
                 "not_logged",
                 f"{_rec_label(row_id, event_id)} is in the store but not in the tamper-evident log: it was "
-                "inserted outside spintrail",
+                "inserted outside spintrail (a store from before the log: `spintrail integrity adopt`)",
                 record=row_id,
                 event_id=event_id,
             )
@@ -885,33 +1309,294 @@ def verify(
     return report
 
 
+def _check_raw(store: Store, leaf: StoredLeaf, record: AuditRecord, report: Report) -> None:
+    idx, row_id = leaf.idx, leaf.event_row
+    label = _rec_label(row_id, record.event_id)
+    try:
+        raw = store.raw(record.id or 0)
+    except Exception as exc:  # a damaged blob: zstd or the delta chain fails
+        report.problems.append(
+            Problem(
+                "raw_changed",
+                f"the raw bytes of {label} (leaf {idx}) cannot be read: {exc}",
+                leaf=idx,
+                record=row_id,
+                event_id=record.event_id,
+            )
+        )
+        return
+    if raw is None:
+        if leaf.version >= 2 and leaf.raw_kept:
+            report.problems.append(
+                Problem(
+                    "raw_detached",
+                    f"the raw bytes of {label} (leaf {idx}) are missing, though the leaf records that they "
+                    "were kept: they were deleted or detached from the record",
+                    leaf=idx,
+                    record=row_id,
+                    event_id=record.event_id,
+                )
+            )
+        else:
+            report.raw_not_kept += 1
+    elif hashlib.sha256(raw).digest() != leaf.raw_sha256:
+        report.problems.append(
+            Problem(
+                "raw_changed",
+                f"the raw bytes of {label} (leaf {idx}) were changed",
+                leaf=idx,
+                record=row_id,
+                event_id=record.event_id,
+            )
+        )
+    else:
+        report.raw_checked += 1
+
+
+def _check_index(checker: IndexChecker | None, record: AuditRecord, idx: int, report: Report) -> None:
+    """The search tags and full-text entry of a record still match it (where the store can tell)."""
+    from spintrail.fulltext import index_text
+
+    if checker is None:
+        return
+    state = checker.state(record)
+    report.index_checked += 1
+    wrong: list[str] = []
+    if state.missing_tags:
+        wrong.append(f"search tags missing: {', '.join(state.missing_tags[:5])}")
+    if state.extra_tags:
+        wrong.append(f"search tags it does not carry: {', '.join(state.extra_tags[:5])}")
+    if state.has_text is not None and state.has_text != bool(index_text(record, {})):
+        wrong.append(
+            "the full-text entry is missing" if not state.has_text else "a full-text entry is unexpected"
+        )
+    if wrong:
+        report.problems.append(
+            Problem(
+                "index_mismatch",
+                f"{_rec_label(record.id, record.event_id)} (leaf {idx}): {'; '.join(wrong)}: searches and "
+                "reports no longer find it as it was stored",
+                leaf=idx,
+                record=record.id,
+                event_id=record.event_id,
+            )
+        )
+
+
+class _Removals:
+    """The removals recorded in the log (retention runs, and version 1 removals acknowledged by ``adopt``),
+    read once before the leaves are walked, so each removed record is judged as it is met."""
+
+    def __init__(self, conn: Any) -> None:
+        intervals: list[tuple[int, int, AdminAction]] = []
+        acknowledged: list[list[int]] = []
+        for r in dbutil.rows(
+            conn,
+            "SELECT idx, action, action_at, details FROM integrity_leaves"
+            " WHERE action IN ('retention', 'adopt') ORDER BY idx",
+        ):
+            try:
+                action = AdminAction(int(r[0]), r[1], int(r[2] or 0), json.loads(r[3] or "{}"))
+                listed = [(int(lo), int(hi)) for lo, hi in action.details.get("removed", [])]
+                acked = [[int(lo), int(hi)] for lo, hi in action.details.get("acknowledged_removals", [])]
+            except (TypeError, ValueError, AttributeError):
+                continue  # a damaged action justifies nothing (and verify reports it as changed)
+            if action.action == "retention":
+                intervals += [(lo, hi, action) for lo, hi in listed]
+            else:
+                acknowledged += acked
+        intervals.sort(key=lambda t: (t[0], t[1], t[2].index))
+        self.los = [t[0] for t in intervals]
+        self.his = [t[1] for t in intervals]
+        self.runs = [t[2] for t in intervals]
+        self.max_hi = list(itertools.accumulate(self.his, max))
+        self.acknowledged = merge_ranges(acknowledged)
+
+    def listing(self, index: int) -> Iterator[AdminAction]:
+        """The retention runs whose list of removed leaves holds ``index``."""
+        j = bisect.bisect_right(self.los, index) - 1
+        while j >= 0 and self.max_hi[j] >= index:
+            if self.his[j] >= index:
+                yield self.runs[j]
+            j -= 1
+
+    def judge(self, leaf: StoredLeaf, report: Report) -> None:
+        """Count a justified removal, or report the removed record."""
+        reasons: list[str] = []
+        justified = False
+        for run in self.listing(leaf.idx):
+            if run.index <= leaf.idx:
+                continue
+            why = _justifies(run, leaf)
+            if why is None:
+                justified = True
+                break
+            reasons.append(why)
+        if not justified and leaf.version < 2 and in_ranges(leaf.idx, self.acknowledged):
+            justified = True
+        if justified:
+            report.content_removed += 1
+            return
+        label = _rec_label(leaf.event_row, leaf.event_id)
+        committed = (
+            f" (committed: {leaf.event_class} event of {format_time(leaf.event_time)})"
+            if leaf.version >= 2
+            else ""
+        )
+        if leaf.removed_at is not None or reasons:
+            why = "; ".join(reasons) or "no recorded retention run lists it"
+            report.problems.append(
+                Problem(
+                    "unjustified_removal",
+                    f"{label} at leaf {leaf.idx}{committed} was removed, and no recorded retention run "
+                    f"justifies it ({why}): it was deleted",
+                    leaf=leaf.idx,
+                    record=leaf.event_row,
+                    event_id=leaf.event_id,
+                )
+            )
+        else:
+            report.problems.append(
+                Problem(
+                    "record_missing",
+                    f"{label} at leaf {leaf.idx}{committed} is missing from the store: it was deleted",
+                    leaf=leaf.idx,
+                    record=leaf.event_row,
+                    event_id=leaf.event_id,
+                )
+            )
+
+
+def _check_equivocation(cps: list[_Cp], problems: list[Problem]) -> None:
+    """Two different signed roots for one size: the signer signed two histories."""
+    by_size: dict[int, dict[bytes, _Cp]] = {}
+    for cp in cps:
+        assert cp.parsed is not None
+        by_size.setdefault(cp.parsed.size, {}).setdefault(cp.parsed.root, cp)
+    for size, found in sorted(by_size.items()):
+        if len(found) > 1:
+            labels = [c.label for c in found.values()]
+            problems.append(
+                Problem(
+                    "equivocation",
+                    f"{len(found)} different signed roots exist for size {size} ({', '.join(labels)}): the "
+                    "log was rewritten and signed again",
+                    checkpoint=labels[-1],
+                )
+            )
+
+
 def _all_cps(conn: Any) -> list[StoredCheckpoint]:
     return [_cp(r) for r in dbutil.rows(conn, f"SELECT {_CP_COLUMNS} FROM integrity_checkpoints ORDER BY id")]
 
 
-def _leaves(conn: Any) -> Iterator[tuple[int, int, str, bytes, str | None, bytes, bytes, int | None]]:
+_LEAF_COLUMNS = (
+    "idx, event_row, event_id, raw_sha256, ingest_token, leaf_hash, chain_hash, content_removed_at, version,"
+    " event_class, event_time, content_sha256, raw_kept, action, action_at, details"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredLeaf:
+    """A row of ``integrity_leaves``: an event's leaf (``event_row`` set) or an administrative action's."""
+
+    idx: int
+    event_row: int | None
+    event_id: str | None
+    raw_sha256: bytes | None
+    ingest_token: str | None
+    leaf_hash: bytes
+    chain_hash: bytes
+    removed_at: int | None
+    version: int
+    event_class: str | None
+    event_time: int | None
+    content_sha256: bytes | None
+    raw_kept: bool | None
+    action: str | None
+    action_at: int | None
+    details: str | None
+
+    def committed_hash(self) -> bytes | None:
+        """The leaf hash re-derived from the stored columns alone (version 2; ``None`` for version 1 leaves,
+        which commit to the content only), or ``None`` when the columns are incomplete."""
+        if self.version < 2:
+            return None
+        try:
+            if self.action is not None:
+                obj = admin_leaf_object(
+                    index=self.idx,
+                    action=self.action,
+                    at=int(self.action_at or 0),
+                    details=json.loads(self.details or "null"),
+                )
+            else:
+                if self.event_class is None or self.event_time is None or self.content_sha256 is None:
+                    return None
+                obj = event_leaf_object(
+                    index=self.idx,
+                    event_class=self.event_class,
+                    time=self.event_time,
+                    content_sha=self.content_sha256,
+                )
+        except ValueError:
+            return None
+        return leaf_hash_of(obj)
+
+    def hash_of_record(self, record: AuditRecord) -> bytes:
+        """The leaf hash ``record`` would have at this leaf."""
+        raw_sha = self.raw_sha256 or b""
+        if self.version < 2:
+            obj = leaf_object(record, index=self.idx, raw_sha256=raw_sha, ingest_token=self.ingest_token)
+        else:
+            obj, _ = record_leaf(
+                record,
+                index=self.idx,
+                raw_sha256=raw_sha,
+                raw_kept=bool(self.raw_kept),
+                ingest_token=self.ingest_token,
+            )
+        return leaf_hash_of(obj)
+
+
+def _stored_leaf(r: Sequence[Any]) -> StoredLeaf:
+    return StoredLeaf(
+        int(r[0]),
+        None if r[1] is None else int(r[1]),
+        r[2],
+        None if r[3] is None else dbutil.as_bytes(r[3]),
+        r[4],
+        dbutil.as_bytes(r[5]),
+        dbutil.as_bytes(r[6]),
+        r[7],
+        int(r[8]),
+        r[9],
+        None if r[10] is None else int(r[10]),
+        None if r[11] is None else dbutil.as_bytes(r[11]),
+        None if r[12] is None else bool(r[12]),
+        r[13],
+        None if r[14] is None else int(r[14]),
+        r[15],
+    )
+
+
+def _leaf_of_row(conn: Any, event_row: int) -> StoredLeaf | None:
+    row = dbutil.one(conn, f"SELECT {_LEAF_COLUMNS} FROM integrity_leaves WHERE event_row = ?", (event_row,))
+    return _stored_leaf(row) if row else None
+
+
+def _leaves(conn: Any) -> Iterator[StoredLeaf]:
     last = -1
     while True:
         batch = dbutil.rows(
             conn,
-            "SELECT idx, event_row, event_id, raw_sha256, ingest_token, leaf_hash, chain_hash,"
-            " content_removed_at"
-            " FROM integrity_leaves WHERE idx > ? ORDER BY idx LIMIT 5000",
+            f"SELECT {_LEAF_COLUMNS} FROM integrity_leaves WHERE idx > ? ORDER BY idx LIMIT 5000",
             (last,),
         )
         if not batch:
             return
         for r in batch:
-            yield (
-                int(r[0]),
-                int(r[1]),
-                r[2],
-                dbutil.as_bytes(r[3]),
-                r[4],
-                dbutil.as_bytes(r[5]),
-                dbutil.as_bytes(r[6]),
-                r[7],
-            )
+            yield _stored_leaf(r)
         last = int(batch[-1][0])
 
 
@@ -1024,6 +1709,15 @@ def _verify_evidence(bundle: dict[str, Any], key: str) -> BundleResult:
         problems.append(
             f"the inclusion proof does not lead from leaf {index} to the checkpoint's root (size {cp.size})"
         )
+    if obj.get("v", 1) >= 2:
+        content = leaf.get("content")
+        if not isinstance(content, dict):
+            return BundleResult(False, "evidence", "malformed bundle", ["the leaf's content is missing"])
+        if content_sha256(content).hex() != obj.get("content_sha256"):
+            problems.append("the leaf's content does not hash to the signed leaf's content_sha256")
+        if content.get("time") != obj.get("time") or event_class(content.get("type")) != obj.get("class"):
+            problems.append("the leaf's content disagrees with the signed leaf's class or time")
+        obj = {**content, "index": index}
     record = bundle.get("record") or {}
     for name in API_FIELDS:
         if name not in record:

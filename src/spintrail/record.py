@@ -11,6 +11,31 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+#: Retention classes (by event type): what ``retention`` decides on, and what a leaf of the tamper-evident
+#: log commits to beside the record's time so that a removal stays provable once the record is gone.
+CLASSES: tuple[str, ...] = ("task", "stage", "pipeline", "other")
+CLASS_HELP: dict[str, str] = {
+    "task": "orca:task:* events",
+    "stage": "orca:stage:* events",
+    "pipeline": "orca:pipeline:* and orca:orchestration:* events",
+    "other": "every other event (builds, git, docker, manual triggers, webhooks, ...)",
+}
+RETENTION_PREFIXES: dict[str, tuple[str, ...]] = {
+    "task": ("orca:task:",),
+    "stage": ("orca:stage:",),
+    "pipeline": ("orca:pipeline:", "orca:orchestration:"),
+}
+
+
+def event_class(event_type: str | None) -> str:
+    """The retention class of an event type."""
+    t = event_type or ""
+    for cls, prefixes in RETENTION_PREFIXES.items():
+        if t.startswith(prefixes):
+            return cls
+    return "other"
+
+
 #: Fields holding lists of values (filterable by any one element).
 LIST_FIELDS: tuple[str, ...] = ("accounts", "regions", "server_groups", "clusters", "namespaces", "tickets")
 

@@ -31,27 +31,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from spintrail import fulltext
+from spintrail import dbutil, fulltext, integrity
 from spintrail.decode import decode_body
 from spintrail.query import LIST_FILTERS
-from spintrail.record import LIST_FIELDS, TEXT_FIELDS, AuditRecord, format_time
+from spintrail.record import CLASS_HELP as CLASS_HELP
+from spintrail.record import CLASSES, LIST_FIELDS, TEXT_FIELDS, AuditRecord, format_time
+from spintrail.record import RETENTION_PREFIXES as _PREFIXES
+from spintrail.record import event_class as event_class
 from spintrail.store import Store, blobs
 from spintrail.store.sqlite import fts_cut_from, fts_text
 
 log = logging.getLogger(__name__)
 
-CLASSES: tuple[str, ...] = ("task", "stage", "pipeline", "other")
-CLASS_HELP: dict[str, str] = {
-    "task": "orca:task:* events",
-    "stage": "orca:stage:* events",
-    "pipeline": "orca:pipeline:* and orca:orchestration:* events",
-    "other": "every other event (builds, git, docker, manual triggers, webhooks, ...)",
-}
-_PREFIXES: dict[str, tuple[str, ...]] = {
-    "task": ("orca:task:",),
-    "stage": ("orca:stage:",),
-    "pipeline": ("orca:pipeline:", "orca:orchestration:"),
-}
 _DAY_MS = 86_400_000
 _TOP = "\U0010ffff"
 REPORT_COLUMNS = ("class", "keep_days", "removed_before", "events", "raw_blobs", "partitions_dropped")
@@ -61,13 +52,58 @@ class RetentionBusy(Exception):
     """Another retention run holds the database."""
 
 
-def event_class(event_type: str | None) -> str:
-    """The retention class of an event type."""
-    t = event_type or ""
-    for cls, prefixes in _PREFIXES.items():
-        if t.startswith(prefixes):
-            return cls
-    return "other"
+class RetentionRefused(Exception):
+    """A record due for removal no longer matches its leaf in the tamper-evident log: removing it would
+    launder a change (run ``spintrail verify``)."""
+
+
+def _committed_mismatch(
+    row: dict[str, Any], row_id: int, event_id: str, rec: AuditRecord | None
+) -> str | None:
+    """Why a candidate's leaf does not allow removing its record (``None``: it does): a version 2 leaf's
+    stored class, time and content hash must still hash to the leaf; a version 1 leaf commits to the whole
+    record, so the record ``rec`` must still match it."""
+    if row["version"] >= 2:
+        obj = integrity.event_leaf_object(
+            index=row["idx"],
+            event_class=row["event_class"],
+            time=row["event_time"],
+            content_sha=bytes(row["content_sha256"]),
+        )
+    elif rec is not None:
+        obj = integrity.leaf_object(
+            rec, index=row["idx"], raw_sha256=bytes(row["raw_sha256"]), ingest_token=row["ingest_token"]
+        )
+    else:
+        obj = {}
+    if obj and integrity.leaf_hash_of(obj) == bytes(row["leaf_hash"]):
+        return None
+    return (
+        f"record {row_id} (event {event_id}) no longer matches its leaf {row['idx']} in the "
+        "tamper-evident log: retention will not remove it; run `spintrail verify`"
+    )
+
+
+#: The leaf columns a removal candidate is read with.
+_LEAF_COLUMNS = (
+    "idx",
+    "version",
+    "raw_sha256",
+    "ingest_token",
+    "leaf_hash",
+    "event_class",
+    "event_time",
+    "content_sha256",
+)
+
+
+def policy_details(policy: Policy, now: int) -> dict[str, Any]:
+    """What a retention run records in the log about the rules it applied."""
+    return {
+        "policy": {f"{c}_days": policy.days(c) for c in CLASSES},
+        "now": now,
+        "cutoffs": {c: policy.cutoff(c, now) for c in CLASSES},
+    }
 
 
 def class_condition(cls: str, mark: str = "?") -> tuple[str, list[str]]:
@@ -253,19 +289,28 @@ class _SqliteRetention:
     def run(self) -> None:
         conn = self.store.connect()
         try:
+            self.has_log = (
+                conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'integrity_leaves'"
+                ).fetchone()
+                is not None
+            )
+            if self.has_log:  # a database from before leaves committed to class and time
+                dbutil.migrate(self.store, "integrity", integrity.MIGRATIONS)
             for cls in CLASSES:
                 cutoff = self.policy.cutoff(cls, self.now)
                 if cutoff is None:
                     continue
-                cond, args = class_condition(cls)
-                if self.report.dry_run:
-                    n = conn.execute(
-                        f"SELECT count(*) FROM events WHERE time < ? AND {cond}{_NOT_NEWEST}", [cutoff, *args]
-                    ).fetchone()[0]
-                    self.report.events[cls] = n
-                    continue
-                while self._delete_batch(conn, cls, cutoff, cond, args):
-                    pass
+                # With the log, what counts is the class and time the leaf committed to (version 1 leaves:
+                # the record's, checked against the leaf before removal); events without a leaf stay.
+                for which in ("committed", "v1") if self.has_log else ("plain",):
+                    source, where, params = self._candidates(which, cls, cutoff)
+                    if self.report.dry_run:
+                        n = conn.execute(f"SELECT count(*) FROM {source} WHERE {where}", params).fetchone()[0]
+                        self.report.events[cls] += n
+                        continue
+                    while self._delete_batch(conn, cls, source, where, params):
+                        pass
             if self.rebuild:
                 self._rebuild_fts(conn)
                 self.report.fts_rebuilt = True
@@ -275,16 +320,31 @@ class _SqliteRetention:
             # The text values (users, descriptions, ...) of the removed events go with them.
             self.report.strings_removed = self.store.purge_strings()
 
-    def _delete_batch(self, conn: Any, cls: str, cutoff: int, cond: str, args: list[Any]) -> bool:
+    def _candidates(self, which: str, cls: str, cutoff: int) -> tuple[str, str, list[Any]]:
+        """(FROM, WHERE, parameters) of the events of ``cls`` this run removes."""
+        cond, args = class_condition(cls)
+        if which == "plain":
+            return "events e", f"e.time < ? AND {cond}{_NOT_NEWEST}", [cutoff, *args]
+        source = "events e JOIN integrity_leaves l ON l.event_row = e.id"
+        if which == "committed":
+            return (
+                source,
+                f"l.version >= 2 AND l.event_class = ? AND l.event_time < ?{_NOT_NEWEST}",
+                [cls, cutoff],
+            )
+        return source, f"l.version = 1 AND e.time < ? AND {cond}{_NOT_NEWEST}", [cutoff, *args]
+
+    def _delete_batch(self, conn: Any, cls: str, source: str, where: str, params: list[Any]) -> bool:
         import json
 
-        cols = ", ".join(f'"{c}"' for c in _RECORD_COLUMNS)
+        cols = ", ".join(f'e."{c}"' for c in _RECORD_COLUMNS)
+        leaf_cols = "".join(f", l.{c}" for c in _LEAF_COLUMNS) if self.has_log else ""
         conn.execute("BEGIN IMMEDIATE")
         try:
             rows = conn.execute(
-                f"SELECT {cols}, raw_id FROM events WHERE time < ? AND {cond}{_NOT_NEWEST}"
-                " ORDER BY time, id LIMIT ?",
-                [cutoff, *args, self.batch],
+                f"SELECT {cols}, e.raw_id{leaf_cols} FROM {source} WHERE {where}"
+                " ORDER BY e.time, e.id LIMIT ?",
+                [*params, self.batch],
             ).fetchall()
             if not rows:
                 conn.execute("COMMIT")
@@ -292,15 +352,23 @@ class _SqliteRetention:
             cache = sqlite_reader(conn)
             cut_from = fts_cut_from(conn)
             ids = []
+            leaves: list[int] = []
             records: list[AuditRecord] = []
             blobs_of: dict[int, str | None] = {}
+            n_rec = len(_RECORD_COLUMNS)
             for row in rows:
-                values = dict(zip(_RECORD_COLUMNS, row[:-1], strict=True))
+                values = dict(zip(_RECORD_COLUMNS, row[:n_rec], strict=True))
                 for name in LIST_FIELDS:
                     values[name] = json.loads(values[name])
                 rec = AuditRecord(**values)
-                raw_id = row[-1]
+                raw_id = row[n_rec]
                 assert rec.id is not None
+                if self.has_log:
+                    leaf = dict(zip(_LEAF_COLUMNS, row[n_rec + 1 :], strict=True))
+                    why = _committed_mismatch(leaf, rec.id, rec.event_id, rec)
+                    if why is not None:
+                        raise RetentionRefused(why)
+                    leaves.append(int(leaf["idx"]))
                 ids.append(rec.id)
                 records.append(rec)
                 raw = sqlite_blob(conn, raw_id, cache, rec.event_id) if raw_id is not None else None
@@ -328,15 +396,15 @@ class _SqliteRetention:
                 ],
             )
             conn.execute(f"DELETE FROM event_rows WHERE id IN ({marks})", ids)
-            if conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'integrity_leaves'"
-            ).fetchone():
-                # The tamper-evident log keeps every leaf: mark its content removed, not deleted.
+            if self.has_log:
+                # The tamper-evident log keeps every leaf: it marks the content removed, and records the
+                # run (its rules and the leaves it removed) as a leaf of its own, in this transaction.
                 conn.execute(
                     "UPDATE integrity_leaves SET content_removed_at = ?, content_removed_reason = 'retention'"
                     f" WHERE event_row IN ({marks})",
                     [int(time.time() * 1000), *ids],
                 )
+                self._record(conn, cls, leaves)
             removed = self._delete_blobs(conn, blobs_of)
             conn.execute("COMMIT")
         except BaseException:
@@ -349,6 +417,11 @@ class _SqliteRetention:
         if self.progress is not None:
             self.progress(len(ids))
         return len(rows) == self.batch
+
+    def _record(self, conn: Any, cls: str | None, leaves: list[int]) -> None:
+        details = {**policy_details(self.policy, self.now), "class": cls, "events": len(leaves)}
+        details["removed"] = integrity.ranges(leaves)
+        integrity.record_admin_action(conn, "retention", details)
 
     @staticmethod
     def _delete_blobs(conn: Any, first: dict[int, str | None]) -> int:
@@ -451,18 +524,41 @@ class _PostgresRetention:
         self.progress = progress
         self.batch = batch
         self.cutoffs = {cls: policy.cutoff(cls, now) for cls in CLASSES}
+        self.has_log = False
 
     def _doomed(self) -> tuple[str, list[Any]]:
-        """A condition true for the events the policy removes (never NULL)."""
+        """A condition (over ``e``, and the leaf ``l`` with the log) true for the events the policy removes
+        with a whole partition: with the log, only events whose version 2 leaf commits to an old enough
+        class and time (a version 1 leaf is checked record by record)."""
         ors, args = [], []
         for cls in CLASSES:
             cutoff = self.cutoffs[cls]
             if cutoff is None:
                 continue
-            cond, a = class_condition(cls, "%s")
-            ors.append(f"(time < %s AND {cond})")
-            args += [cutoff, *a]
-        return ("(" + " OR ".join(ors) + ")" if ors else "false"), args
+            if self.has_log:
+                ors.append("(l.event_class = %s AND l.event_time < %s)")
+                args += [cls, cutoff]
+            else:
+                cond, a = class_condition(cls, "%s")
+                ors.append(f"(e.time < %s AND {cond})")
+                args += [cutoff, *a]
+        if not ors:
+            return "false", args
+        either = "(" + " OR ".join(ors) + ")"
+        return (f"coalesce(l.version >= 2 AND {either}, false)" if self.has_log else either), args
+
+    def _candidates(self, which: str, cls: str, cutoff: int) -> tuple[str, str, list[Any]]:
+        """(FROM, WHERE, parameters) of the events of ``cls`` removed row by row."""
+        cond, args = class_condition(cls, "%s")
+        if which == "plain":
+            return "events e", f"e.time < %s AND {cond}", [cutoff, *args]
+        source = (
+            "integrity_leaves l JOIN event_ids i ON i.id = l.event_row"
+            " JOIN events e ON e.time = i.time AND e.id = i.id"
+        )
+        if which == "committed":
+            return source, "l.version >= 2 AND l.event_class = %s AND l.event_time < %s", [cls, cutoff]
+        return source, f"l.version = 1 AND e.time < %s AND {cond}", [cutoff, *args]
 
     def _class_case(self) -> tuple[str, list[Any]]:
         whens, args = [], []
@@ -483,6 +579,9 @@ class _PostgresRetention:
             ).fetchone()
             if not got or not got[0]:
                 raise RetentionBusy("another retention run is working on this database; try again later")
+            self.has_log = conn.execute("SELECT to_regclass('integrity_leaves')").fetchone()[0] is not None
+            if self.has_log:  # a database from before leaves committed to class and time
+                dbutil.migrate(self.store, "integrity", integrity.MIGRATIONS)
             for month in self._droppable_months(conn):
                 counts = self._drop_month(conn, month, sql)
                 if counts is None:
@@ -496,21 +595,21 @@ class _PostgresRetention:
                 cutoff = self.cutoffs[cls]
                 if cutoff is None:
                     continue
-                cond, args = class_condition(cls, "%s")
-                if self.report.dry_run:
-                    dropped = [
-                        m for m in self._months(conn) if m.events_table in self.report.partitions_dropped
-                    ]
-                    skip = "".join(" AND NOT (time >= %s AND time < %s)" for _ in dropped)
-                    skip_args = [b for m in dropped for b in (m.lo, m.hi)]
-                    row = conn.execute(
-                        f"SELECT count(*) FROM events WHERE time < %s AND {cond}{skip}",
-                        [cutoff, *args, *skip_args],
-                    ).fetchone()
-                    self.report.events[cls] += row[0] if row else 0
-                    continue
-                while self._delete_batch(conn, cls, cutoff, cond, args):
-                    pass
+                for which in ("committed", "v1") if self.has_log else ("plain",):
+                    source, where, params = self._candidates(which, cls, cutoff)
+                    if self.report.dry_run:
+                        dropped = [
+                            m for m in self._months(conn) if m.events_table in self.report.partitions_dropped
+                        ]
+                        skip = "".join(" AND NOT (e.time >= %s AND e.time < %s)" for _ in dropped)
+                        skip_args = [b for m in dropped for b in (m.lo, m.hi)]
+                        row = conn.execute(
+                            f"SELECT count(*) FROM {source} WHERE {where}{skip}", [*params, *skip_args]
+                        ).fetchone()
+                        self.report.events[cls] += row[0] if row else 0
+                        continue
+                    while self._delete_batch(conn, cls, source, where, params):
+                        pass
         finally:
             conn.close()
 
@@ -538,8 +637,10 @@ class _PostgresRetention:
 
     def _survivors(self, conn: Any, table: Any, sql: Any) -> bool:
         doomed, args = self._doomed()
+        source = "{} e LEFT JOIN integrity_leaves l ON l.event_row = e.id" if self.has_log else "{} e"
         row = conn.execute(
-            sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE NOT " + doomed + ")").format(table), args
+            sql.SQL("SELECT EXISTS (SELECT 1 FROM " + source + " WHERE NOT " + doomed + ")").format(table),
+            args,
         ).fetchone()
         return bool(row and row[0])
 
@@ -565,7 +666,20 @@ class _PostgresRetention:
             conn.execute(
                 sql.SQL("DELETE FROM event_ids WHERE event_id IN (SELECT event_id FROM {})").format(ev)
             )
-            if conn.execute("SELECT to_regclass('integrity_leaves')").fetchone()[0] is not None:
+            if self.has_log:
+                cols = ", ".join(f"l.{c}" for c in _LEAF_COLUMNS)
+                leaves = []
+                for r in conn.execute(
+                    sql.SQL(
+                        "SELECT e.id, e.event_id, " + cols + " FROM {} e JOIN integrity_leaves l"
+                        " ON l.event_row = e.id"
+                    ).format(ev)
+                ).fetchall():
+                    leaf = dict(zip(_LEAF_COLUMNS, r[2:], strict=True))
+                    why = _committed_mismatch(leaf, r[0], r[1], None)
+                    if why is not None:
+                        raise RetentionRefused(why)
+                    leaves.append(int(leaf["idx"]))
                 conn.execute(
                     sql.SQL(
                         "UPDATE integrity_leaves SET content_removed_at = %s,"
@@ -573,33 +687,54 @@ class _PostgresRetention:
                     ).format(ev),
                     (int(time.time() * 1000),),
                 )
+                details = {**policy_details(self.policy, self.now), "class": None, "events": len(leaves)}
+                details["partition"] = month.events_table
+                details["removed"] = integrity.ranges(leaves)
+                integrity.record_admin_action(conn, "retention", details)
             conn.execute(sql.SQL("DROP TABLE {}, {}").format(ev, rw))
         assert self.report.raw_blobs is not None
         self.report.raw_blobs += raw_n[0] if raw_n else 0
         log.info("retention: dropped partition %s (%d events)", month.events_table, sum(counts.values()))
         return counts
 
-    def _delete_batch(self, conn: Any, cls: str, cutoff: int, cond: str, args: list[Any]) -> bool:
+    def _delete_batch(self, conn: Any, cls: str, source: str, where: str, params: list[Any]) -> bool:
         from spintrail.store.postgres import month_of
 
+        leaf_cols = "".join(f", l.{c}" for c in _LEAF_COLUMNS) if self.has_log else ""
         with conn.transaction():
-            rows = conn.execute(
-                "DELETE FROM events e USING (SELECT time, id FROM events WHERE time < %s AND "
-                + cond
-                + " ORDER BY time LIMIT %s) d WHERE e.time = d.time AND e.id = d.id"
-                " RETURNING e.event_id, e.raw_id, e.time, e.id",
-                [cutoff, *args, self.batch],
+            chosen = conn.execute(
+                f"SELECT e.time, e.id, e.event_id{leaf_cols} FROM {source} WHERE {where}"
+                " ORDER BY e.time LIMIT %s FOR UPDATE OF e",
+                [*params, self.batch],
             ).fetchall()
-            if not rows:
+            if not chosen:
                 return False
+            leaves: list[int] = []
+            if self.has_log:
+                for r in chosen:
+                    leaf = dict(zip(_LEAF_COLUMNS, r[3:], strict=True))
+                    rec = self.store.get(int(r[1])) if leaf["version"] < 2 else None
+                    why = _committed_mismatch(leaf, r[1], r[2], rec)
+                    if why is not None:
+                        raise RetentionRefused(why)
+                    leaves.append(int(leaf["idx"]))
+            rows = conn.execute(
+                "DELETE FROM events e USING unnest(%s::bigint[], %s::bigint[]) AS d(time, id)"
+                " WHERE e.time = d.time AND e.id = d.id RETURNING e.event_id, e.raw_id, e.time, e.id",
+                ([r[0] for r in chosen], [r[1] for r in chosen]),
+            ).fetchall()
             conn.execute("DELETE FROM event_ids WHERE event_id = ANY(%s)", ([r[0] for r in rows],))
-            if conn.execute("SELECT to_regclass('integrity_leaves')").fetchone()[0] is not None:
-                # The tamper-evident log keeps every leaf: mark its content removed, not deleted.
+            if self.has_log:
+                # The tamper-evident log keeps every leaf: it marks the content removed, and records the
+                # run (its rules and the leaves it removed) as a leaf of its own, in this transaction.
                 conn.execute(
                     "UPDATE integrity_leaves SET content_removed_at = %s,"
                     " content_removed_reason = 'retention' WHERE event_row = ANY(%s)",
                     (int(time.time() * 1000), [r[3] for r in rows]),
                 )
+                details = {**policy_details(self.policy, self.now), "class": cls, "events": len(leaves)}
+                details["removed"] = integrity.ranges(leaves)
+                integrity.record_admin_action(conn, "retention", details)
             frontier = []
             for _, raw_id, t, _ in rows:
                 if raw_id is None:
@@ -612,7 +747,7 @@ class _PostgresRetention:
         self.report.raw_blobs += removed
         if self.progress is not None:
             self.progress(len(rows))
-        return len(rows) == self.batch
+        return len(chosen) == self.batch
 
     @staticmethod
     def _delete_blobs(conn: Any, frontier: list[tuple[int, int, int, int, int]]) -> int:
@@ -680,6 +815,8 @@ def start_background(settings: Any, store: Store) -> Callable[[], None]:
                 )
             except RetentionBusy as exc:
                 log.info("retention: skipped: %s", exc)
+            except RetentionRefused as exc:
+                log.error("retention: stopped: %s", exc)
             except Exception:
                 log.exception("retention run failed; trying again in %.1f hours", hours)
 

@@ -23,7 +23,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,9 +201,17 @@ def settings_tokens(settings: Settings) -> dict[bytes, TokenInfo]:
 class TokenStore:
     """Tokens in the database (table ``auth_tokens``) plus the ones from settings."""
 
-    def __init__(self, conns: dbutil.Connections, settings: Settings) -> None:
+    def __init__(
+        self,
+        conns: dbutil.Connections,
+        settings: Settings,
+        *,
+        audit: Callable[[Any, str, dict[str, Any]], Any] | None = None,
+    ) -> None:
         self._conns = conns
         self._settings = settings_tokens(settings)
+        #: Records a change as an administrative action, in the change's transaction (the integrity log).
+        self._audit = audit
 
     @property
     def from_settings(self) -> dict[bytes, TokenInfo]:
@@ -248,12 +256,26 @@ class TokenStore:
                     created_by,
                 ),
             )
+            if self._audit is not None:
+                details = {"name": name, "role": role, "applications": apps, "by": created_by}
+                self._audit(conn, "token_created", details)
+                if auth_before != "on":
+                    self._audit(
+                        conn,
+                        "auth_mode_changed",
+                        {
+                            "from": auth_before,
+                            "to": "on",
+                            "by": created_by,
+                            "reason": f"token {name} created",
+                        },
+                    )
         if auth_before != "on":
             by = created_by or "unknown"
             auth_mode_changed(self, auth_before, "on", by=by, reason=f"token {name} created")
         return secret
 
-    def revoke(self, name: str) -> None:
+    def revoke(self, name: str, *, by: str | None = None) -> None:
         conn = self._conns.get()
         with dbutil.transaction(conn, lock="auth_tokens"):
             row = dbutil.one(conn, "SELECT revoked_at FROM auth_tokens WHERE name = ?", (name,))
@@ -270,6 +292,8 @@ class TokenStore:
                 "UPDATE auth_tokens SET revoked_at = ? WHERE name = ?",
                 (int(time.time() * 1000), name),
             )
+            if self._audit is not None:
+                self._audit(conn, "token_revoked", {"name": name, "by": by})
 
     def list(self) -> list[TokenRow]:
         out = [
@@ -335,6 +359,10 @@ class TokenStore:
         conn = self._conns.get()
         with dbutil.transaction(conn, lock="trust_meta"):
             before = _set_auth_state(conn, state)
+            if before != state and self._audit is not None:
+                self._audit(
+                    conn, "auth_mode_changed", {"from": before, "to": state, "by": by, "reason": reason}
+                )
         if before != state:
             auth_mode_changed(self, before, state, by=by, reason=reason)
         return before

@@ -3,7 +3,8 @@
 ``install(store, settings)`` is called by every writer (the server, ``spintrail import``, the demo loader,
 through ``Ingestor``) and by the trust commands; it is idempotent per store. It applies the components'
 schema migrations, loads (or creates, on first start) the installation keys and registers the write hooks
-that keep the redacted-value index and the tamper-evident log in step with the events.
+that keep the redacted-value index and the tamper-evident log in step with the events. It never gives leaves
+to events that lack them: that is ``spintrail integrity adopt``, an explicit and recorded action.
 """
 
 from __future__ import annotations
@@ -54,14 +55,14 @@ class Trust:
             raw_events=settings.raw_events,
             extra_patterns=tuple(settings.secret_key_patterns),
         )
-        self.tokens = tokens.TokenStore(self.conns, settings)
+        # Token changes are administrative actions: recorded in the tamper-evident log, same transaction.
+        self.tokens = tokens.TokenStore(self.conns, settings, audit=integrity.record_admin_action)
         self.access = accesslog.AccessLog(self.conns)
         self.log = integrity.IntegrityLog(store, self.conns, self.origin)
         self.log.checkpoint_dir = settings.checkpoint_dir
         if writable:
             store.write_hooks.append(scrub.index_hook)
             store.write_hooks.append(self.log.hook)
-            self.log.backfill()
         self._signing: keys.SigningKey | None = None
         self._signer_lock = threading.Lock()
 

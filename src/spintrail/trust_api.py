@@ -258,6 +258,25 @@ async def checkpoints(
     )
 
 
+@router.get(
+    "/api/v1/integrity/actions", tags=["integrity"], summary="Administrative actions in the log, newest first"
+)
+async def admin_actions(
+    request: Request,
+    action: str | None = Query(None, description="only this action (token_created, retention, adopt, ...)"),
+    limit: str | None = Query(None, description="most entries, 1 to 1000 (default 100)"),
+) -> Response:
+    try:
+        n = parse_limit(limit)
+    except FilterError as exc:
+        return _error(400, "bad_filter", str(exc))
+    trust = _trust(request)
+    found = await run_in_threadpool(
+        lambda: integrity.admin_actions(trust.conns.get(), action=action, limit=n)
+    )
+    return JSONResponse({"origin": trust.origin, "actions": [a.to_api() for a in found]})
+
+
 @router.get("/api/v1/integrity/proof/{ref}", tags=["integrity"], summary="Evidence bundle of one event")
 async def proof(
     request: Request,

@@ -1,5 +1,6 @@
 """Trust commands: ``tokens``, ``access-log``, ``hash``, ``keys show``, ``checkpoint``, ``verify``, ``proof``,
-``verify-proof`` and ``consistency`` (registered on the ``spintrail`` command by ``cli.py``)."""
+``verify-proof``, ``consistency`` and ``integrity adopt|accept-rollback|actions`` (registered on the
+``spintrail`` command by ``cli.py``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from spintrail import integrity, private
+from spintrail import integrity, keys, private, signer_state
 from spintrail.cli import ConfigOpt, DatabaseOpt, FormatOpt, app, err, fail, open_store_or_exit, settings_from
 from spintrail.output import Format, emit
 from spintrail.query import FilterError, parse_limit, parse_time
@@ -26,6 +27,10 @@ keys_app = typer.Typer(help="The checkpoint signing key.")
 auth_app = typer.Typer(help="Whether this store requires authentication (kept with the store).")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(keys_app, name="keys")
+integrity_app = typer.Typer(
+    help="Explicit, recorded changes to the tamper-evident log (adopt, accept-rollback); its admin actions."
+)
+app.add_typer(integrity_app, name="integrity")
 app.add_typer(auth_app, name="auth")
 
 KeyOpt = Annotated[
@@ -126,7 +131,7 @@ def tokens_revoke(
 
     with _opened(config, database) as o:
         try:
-            o.trust.tokens.revoke(name)
+            o.trust.tokens.revoke(name, by="cli")
         except TokenError as exc:
             raise fail(str(exc), 2) from None
     err.print(f"revoked {name}")
@@ -371,6 +376,10 @@ def verify(
             "raw events re-hashed": report.raw_checked,
             "raw events not kept": report.raw_not_kept,
             "records removed by retention": report.content_removed,
+            "search indexes checked": report.index_checked,
+            "administrative actions": ", ".join(f"{k} {v}" for k, v in sorted(report.admin_actions.items()))
+            or "none",
+            "checkpoints excused by an accepted rollback": report.checkpoints_excused,
             "signed checkpoints checked": report.checkpoints_checked,
             "latest good checkpoint": f"{latest.get('label')} (size {latest.get('size')}, signed "
             f"{latest.get('signed_at')})"
@@ -498,3 +507,81 @@ def _checkpoint_arg(trust: Trust, arg: str) -> str:
     if cp is None:
         raise fail(f"no stored checkpoint {arg}: sign one with `spintrail checkpoint`", 2)
     return cp.note
+
+
+# --------------------------------------------------------------------------------------------- integrity
+
+
+@integrity_app.command("adopt")
+def integrity_adopt(
+    database: DatabaseOpt = None, config: ConfigOpt = None, format: FormatOpt = Format.table
+) -> None:
+    """Give leaves to events that have none (a store from before the log, a copy made without it) and
+    acknowledge content removed before removals were recorded; recorded in the log as `adopt` actions."""
+    with _opened(config, database) as o:
+        count, first = o.trust.log.unlogged_events()
+        outcome = o.trust.log.adopt()
+    emit([outcome], ("events_adopted", "leaves", "removals_acknowledged"), format, title="integrity adopt")
+    if count and format is Format.table:
+        err.print(
+            f"adopted {count} event(s), first {', '.join(first)}; sign a checkpoint: `spintrail checkpoint`"
+        )
+
+
+@integrity_app.command("accept-rollback")
+def integrity_accept_rollback(
+    to: Annotated[
+        int, typer.Option("--to", help="The size of the restored log (confirms what is accepted).")
+    ],
+    database: DatabaseOpt = None,
+    config: ConfigOpt = None,
+    format: FormatOpt = Format.table,
+) -> None:
+    """Accept that the database was restored from a backup older than checkpoints signed before: recorded in
+    the log as an `accept_rollback` action, after which verify excuses those checkpoints."""
+    if to < 0:
+        raise fail("--to is a log size: 0 or more", 2)
+    with _opened(config, database) as o:
+        try:
+            outcome = o.trust.log.accept_rollback(to)
+        except integrity.IntegrityError as exc:
+            raise fail(str(exc), 2) from None
+        # The signer's own head (outside the database) now starts at the accepted log, action included.
+        try:
+            key = keys.signing_key(o.settings, create=False)
+        except Exception as exc:  # no key on this machine: the replica that signs must run this command
+            err.print(f"the signer's state was not reset here ({exc}): run this on the machine that signs")
+        else:
+            head = integrity.load_state(o.trust.conns.get())
+            state = signer_state.state_for(o.settings, key.verifier, o.trust.origin)
+            state.accept(head.size, head.root())
+            outcome["signer_state"] = str(state.path)
+    emit(
+        [outcome],
+        ("leaf", "to", "largest_stored_checkpoint", "by", "signer_state"),
+        format,
+        title="integrity accept-rollback",
+    )
+
+
+@integrity_app.command("actions")
+def integrity_actions(
+    action: Annotated[
+        str | None,
+        typer.Option(
+            help="Only this action: token_created, token_revoked, retention, adopt, accept_rollback."
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Most entries to show (1-1000).")] = 100,
+    database: DatabaseOpt = None,
+    config: ConfigOpt = None,
+    format: FormatOpt = Format.table,
+) -> None:
+    """Administrative actions recorded in the tamper-evident log, newest first (verify checks them)."""
+    try:
+        n = parse_limit(limit)
+    except FilterError as exc:
+        raise fail(str(exc), 2) from None
+    with _opened(config, database) as o:
+        rows = [a.to_api() for a in integrity.admin_actions(o.trust.conns.get(), action=action, limit=n)]
+    emit(rows, ("leaf", "action", "at", "details"), format, title="administrative actions")

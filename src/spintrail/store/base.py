@@ -125,6 +125,35 @@ class CheckReport:
         self.problems.append(CheckProblem(check, message))
 
 
+@dataclass(slots=True)
+class IndexState:
+    """How one record is indexed for search: the tags ``kind:value`` it is missing or has in excess, and
+    whether it has a full-text entry (``None``: the store cannot tell)."""
+
+    missing_tags: list[str] = field(default_factory=list)
+    extra_tags: list[str] = field(default_factory=list)
+    has_text: bool | None = None
+
+
+class IndexChecker(abc.ABC):
+    """Compares records with the search index, for ``verify`` (reads only; ``close`` when done)."""
+
+    @abc.abstractmethod
+    def state(self, record: AuditRecord) -> IndexState:
+        """How ``record`` is indexed."""
+
+    def close(self) -> None:  # noqa: B027 - most checkers hold nothing
+        """Release what the checker holds."""
+
+
+def expected_tags(record: AuditRecord) -> list[str]:
+    """The search tags (``kind:value``) of a record, as the stores file them."""
+    from spintrail.query import LIST_FILTERS
+
+    tags = (f"{kind}:{value}" for kind, name in LIST_FILTERS.items() for value in getattr(record, name))
+    return list(dict.fromkeys(tags))
+
+
 #: Called by ``Store.check`` with a read connection inside the check's snapshot; returns the problems a
 #: component (forwarding outbox, tamper-evident log) finds in its own tables.
 CheckHook = Callable[[Any], list[CheckProblem]]
@@ -390,6 +419,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def raw(self, id_: int) -> bytes | None:
         """The exact bytes received for the record with this store id."""
+
+    def index_checker(self) -> IndexChecker | None:
+        """A checker of records against the search tags and full-text index (``None``: not supported)."""
+        return None
 
     @abc.abstractmethod
     def execution(self, execution_id: str) -> list[AuditRecord]:

@@ -50,6 +50,8 @@ from spintrail.store.base import (
     DAY_NUMBER_SQL,
     AppendResult,
     CheckReport,
+    IndexChecker,
+    IndexState,
     Page,
     PreparedEvent,
     Store,
@@ -63,6 +65,7 @@ from spintrail.store.base import (
     day_name,
     decode_cursor,
     encode_cursor,
+    expected_tags,
 )
 
 log = logging.getLogger(__name__)
@@ -929,6 +932,9 @@ class PostgresStore(Store):
         rows = self._by_key("event_id", clean_text(event_id))
         return _row_to_record(rows[0]) if rows else None
 
+    def index_checker(self) -> IndexChecker:
+        return _PostgresIndexChecker(self)
+
     def raw(self, id_: int) -> bytes | None:
         if not _INT64[0] <= id_ <= _INT64[1]:
             return None
@@ -1230,3 +1236,26 @@ def _store_error(exc: Exception) -> Exception:
     if isinstance(exc, pg_errors.DiskFull):
         return StoreFull(f"cannot commit: {str(exc).strip()}")
     return StoreUnavailable(f"cannot commit: {str(exc).strip()}")
+
+
+class _PostgresIndexChecker(IndexChecker):
+    """The tags and the full-text vector live in the event's own row."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+
+    def state(self, record: AuditRecord) -> IndexState:
+        rows = self.store._read(
+            "SELECT e.tags, e.tsv IS NOT NULL FROM event_ids i"
+            " JOIN events e ON e.time = i.time AND e.id = i.id WHERE i.id = %s",
+            (record.id,),
+        )
+        if not rows:
+            return IndexState()
+        want = expected_tags(record)
+        have = list(rows[0][0] or [])
+        return IndexState(
+            missing_tags=[t for t in want if t not in have],
+            extra_tags=[t for t in have if t not in want],
+            has_text=bool(rows[0][1]),
+        )

@@ -33,6 +33,8 @@ from spintrail.store.base import (
     DAY_NUMBER_SQL,
     AppendResult,
     CheckReport,
+    IndexChecker,
+    IndexState,
     Page,
     PreparedEvent,
     Store,
@@ -47,6 +49,7 @@ from spintrail.store.base import (
     day_name,
     decode_cursor,
     encode_cursor,
+    expected_tags,
 )
 
 log = logging.getLogger(__name__)
@@ -909,6 +912,9 @@ class SqliteStore(Store):
         )
         return self._records(rows)[0] if rows else None
 
+    def index_checker(self) -> IndexChecker:
+        return _SqliteIndexChecker(self._connect())
+
     def raw(self, id_: int) -> bytes | None:
         rows = self._read("SELECT raw_id, event_id FROM event_rows WHERE id = ?", (id_,))
         if not rows or rows[0][0] is None:
@@ -1239,6 +1245,40 @@ def require_migrated(
             f"{'+' if len(missing) > 1 else ''}) that a read-only command does not make: open it once "
             "with `spintrail serve` (on a copy, to keep the original as it is), then run this again"
         )
+
+
+class _SqliteIndexChecker(IndexChecker):
+    """Tags are looked up exactly (tag, time, row); the full-text index is contentless, so the rows it holds
+    are read once into a temporary table (the database file is not written)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS verify_fts_docs (doc INTEGER PRIMARY KEY)")
+        conn.execute(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS temp.verify_fts_vocab"
+            " USING fts5vocab(main, events_fts, instance)"
+        )
+        conn.execute("DELETE FROM temp.verify_fts_docs")
+        conn.execute("INSERT OR IGNORE INTO temp.verify_fts_docs SELECT doc FROM temp.verify_fts_vocab")
+
+    def state(self, record: AuditRecord) -> IndexState:
+        out = IndexState()
+        for tag in expected_tags(record):
+            found = self.conn.execute(
+                "SELECT 1 FROM tag_rows WHERE tag = (SELECT id FROM strings WHERE value = ?) AND time = ?"
+                " AND event_row = ?",
+                (tag, record.time, record.id),
+            ).fetchone()
+            if found is None:
+                out.missing_tags.append(tag)
+        out.has_text = (
+            self.conn.execute("SELECT 1 FROM temp.verify_fts_docs WHERE doc = ?", (record.id,)).fetchone()
+            is not None
+        )
+        return out
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def _split_sql(script: str) -> list[str]:
