@@ -290,12 +290,19 @@ def test_token_changes_are_administrative_actions_in_the_log(sqlite_world: World
     tokens.create("deployer", "ingest", created_by="cli")
     tokens.revoke("deployer", by="cli")
     report = w.verify()
-    assert report.ok and report.admin_actions == {"token_created": 1, "token_revoked": 1}
+    # The first token also turned authentication on for the store: that is recorded too.
+    assert report.ok
+    assert report.admin_actions == {"token_created": 1, "token_revoked": 1, "auth_mode_changed": 1}
     actions = integrity.admin_actions(w.ingestor.trust.conns.get())
-    assert [(a.action, a.details["name"]) for a in actions] == [
+    assert [(a.action, a.details.get("name") or a.details.get("to")) for a in actions] == [
         ("token_revoked", "deployer"),
+        ("auth_mode_changed", "on"),
         ("token_created", "deployer"),
     ]
+    # Turning authentication off is an administrative action as well.
+    tokens.set_auth_state("off", by="cli", reason="auth off --yes")
+    latest = integrity.admin_actions(w.ingestor.trust.conns.get())[0]
+    assert (latest.action, latest.details["from"], latest.details["to"]) == ("auth_mode_changed", "on", "off")
     # Rewriting what an action says is caught (the leaf commits to its details).
     w.sql(
         "UPDATE integrity_leaves SET details = replace(details, 'deployer', 'someone')"
