@@ -58,13 +58,21 @@ def serve(database: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[s
 
 
 def wipe_and_rewrite(db: Path) -> None:
-    """An attacker with the database: change a record, drop the whole log (the server rebuilds it)."""
+    """An attacker with the database: change a record, drop the whole log and rebuild it from the edited
+    events with spintrail's own `integrity adopt`."""
     conn = sqlite3.connect(db)
     with conn:
         conn.execute("UPDATE events SET user = 'mallory@example.com' WHERE id = 2")
         for table in ("integrity_leaves", "integrity_state", "integrity_checkpoints"):
             conn.execute(f"DELETE FROM {table}")
     conn.close()
+    store = open_store(str(db))
+    trust = Trust(store, Settings(database=str(db)))
+    try:
+        assert trust.log.adopt(by="mallory")["events_adopted"] > 0
+    finally:
+        trust.close()
+        store.close()
 
 
 def test_serve_refuses_a_wiped_and_rewritten_log(tmp_path: Path) -> None:
@@ -326,8 +334,9 @@ def test_a_wiped_and_rewritten_log_on_postgresql_is_refused(pg_url: str, tmp_pat
         conn.execute("UPDATE events SET \"user\" = 'mallory@example.com' WHERE id = 2")
         conn.execute("TRUNCATE integrity_leaves, integrity_state, integrity_checkpoints")
     store = open_store(pg_url)
-    trust = Trust(store, settings)  # re-adds the events to a fresh log (as the server would)
+    trust = Trust(store, settings)
     try:
+        trust.log.adopt(by="mallory")  # the attacker rebuilds the log from the edited events
         with pytest.raises(SignerRefused, match="not an extension"):
             trust.signing_key()
         assert trust.log.latest() is None

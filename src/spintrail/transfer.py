@@ -126,6 +126,10 @@ def _has_log(conn: Any) -> bool:
     return bool(row and row[0])
 
 
+#: Log columns that PostgreSQL types as boolean and SQLite as integer.
+_BOOLEAN_COLUMNS = frozenset({"raw_kept"})
+
+
 def copy_integrity(source: Store, target: Store, *, batch: int = 5000) -> IntegrityCopy:
     """Copy the tamper-evident log (leaves, head, checkpoints) and ``trust_meta`` to ``target``, as they
     are; safe to run again. Call after the events are copied (leaves name events by id)."""
@@ -156,8 +160,15 @@ def copy_integrity(source: Store, target: Store, *, batch: int = 5000) -> Integr
                 )
                 if not rows:
                     break
+                values = [tuple(r) for r in rows]
+                flags = [i for i, c in enumerate(cols) if c in _BOOLEAN_COLUMNS]
+                if flags and not dbutil.is_sqlite(dst):  # SQLite keeps booleans as 0/1
+                    values = [
+                        tuple(bool(v) if i in flags and v is not None else v for i, v in enumerate(r))
+                        for r in values
+                    ]
                 with dbutil.transaction(dst):
-                    dst.cursor().executemany(dbutil.sql(dst, insert), [tuple(r) for r in rows])
+                    dst.cursor().executemany(dbutil.sql(dst, insert), values)
                 last = rows[-1][cols.index(key)]
                 if table == "integrity_leaves":
                     out.leaves += len(rows)

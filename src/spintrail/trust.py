@@ -111,6 +111,25 @@ class Trust:
         self.log.guard = guard
         return key
 
+    def accept_rollback(self, to: int, *, by: str = "cli") -> dict[str, Any]:
+        """Accept a restore from an older backup (``integrity accept-rollback``): recorded in the log, and
+        the signer's own head (outside the database) restarts at the accepted log, action included, so the
+        next signature extends it. Without the key file here the head is left as it is (``signer_state``
+        is then ``None``): run this where the signer runs."""
+        outcome = self.log.accept_rollback(to, by=by)
+        try:
+            key = keys.signing_key(self.settings, create=False)
+        except keys.KeyFileError:
+            outcome["signer_state"] = None
+            return outcome
+        head = integrity.load_state(self.conns.get())
+        state = signer_state.state_for(self.settings, key.verifier, self.origin)
+        state.accept(head.size, head.root)
+        self._signing = None  # the next signature starts the signer again from the accepted head
+        self.log.guard = None
+        outcome["signer_state"] = str(state.path)
+        return outcome
+
     def find_value(self, value: str, *, limit: int = 100) -> tuple[dict[str, str], list[AuditRecord]]:
         """Does ``value`` appear? Its hashes (as itself and as the credential of an ``Authorization``-style
         header value, which is hashed whole) and the records carrying any of them, within the caller's

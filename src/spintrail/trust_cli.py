@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from spintrail import integrity, keys, private, signer_state
+from spintrail import integrity, private
 from spintrail.cli import ConfigOpt, DatabaseOpt, FormatOpt, app, err, fail, open_store_or_exit, settings_from
 from spintrail.output import Format, emit
 from spintrail.query import FilterError, parse_limit, parse_time
@@ -543,19 +543,11 @@ def integrity_accept_rollback(
         raise fail("--to is a log size: 0 or more", 2)
     with _opened(config, database) as o:
         try:
-            outcome = o.trust.log.accept_rollback(to)
+            outcome = o.trust.accept_rollback(to)
         except integrity.IntegrityError as exc:
             raise fail(str(exc), 2) from None
-        # The signer's own head (outside the database) now starts at the accepted log, action included.
-        try:
-            key = keys.signing_key(o.settings, create=False)
-        except Exception as exc:  # no key on this machine: the replica that signs must run this command
-            err.print(f"the signer's state was not reset here ({exc}): run this on the machine that signs")
-        else:
-            head = integrity.load_state(o.trust.conns.get())
-            state = signer_state.state_for(o.settings, key.verifier, o.trust.origin)
-            state.accept(head.size, head.root())
-            outcome["signer_state"] = str(state.path)
+        if outcome["signer_state"] is None:
+            err.print("no signing key here: run this where the signer runs, so that its head is reset too")
     emit(
         [outcome],
         ("leaf", "to", "largest_stored_checkpoint", "by", "signer_state"),
