@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
-__all__ = ["DecodeError", "IncomingEvent", "decode_body", "iter_decode_file"]
+__all__ = ["DecodeError", "IncomingEvent", "decode_body", "iter_decode_file", "storable", "storable_text"]
 
 
 @dataclass(slots=True)
@@ -133,10 +133,55 @@ def _utf8_len(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
+#: A JSON escape that decodes to a character no database stores as given: a surrogate (JSON joins valid
+#: pairs, so one that remains is alone) or NUL. Raw text cannot hold them: it is strict UTF-8, and JSON
+#: forbids raw control characters in strings.
+_UNSTORABLE_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F][0-9a-fA-F]{2}|0000)")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+
+
+def storable_text(text: str) -> str:
+    """``text`` with each lone surrogate and NUL replaced by U+FFFD (they cannot be encoded or stored)."""
+    return _UNSTORABLE.sub(REPLACEMENT, text) if _UNSTORABLE.search(text) else text
+
+
+def storable(value: Any) -> Any:
+    """``value`` (parsed JSON) with every string and key made :func:`storable_text`, changed in place.
+
+    Iterative, so a value nested as deeply as the parser allows is walked without recursion.
+    """
+    if isinstance(value, str):
+        return storable_text(value)
+    stack: list[Any] = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if any(_UNSTORABLE.search(key) for key in node):
+                items = list(node.items())
+                node.clear()
+                node.update((storable_text(key), child) for key, child in items)
+            for key, child in node.items():
+                if isinstance(child, str):
+                    if _UNSTORABLE.search(child):
+                        node[key] = storable_text(child)
+                elif isinstance(child, dict | list):
+                    stack.append(child)
+        elif isinstance(node, list):
+            for index, child in enumerate(node):
+                if isinstance(child, str):
+                    if _UNSTORABLE.search(child):
+                        node[index] = storable_text(child)
+                elif isinstance(child, dict | list):
+                    stack.append(child)
+    return value
+
+
 def _parse_text(text: str) -> Any:
     """Parse a JSON document held in a string (a flattened field or a wrapped JSON string)."""
     try:
-        return _DECODER.decode(text)
+        value = _DECODER.decode(text)
+        return storable(value) if _UNSTORABLE_ESCAPE.search(text) else value
     except json.JSONDecodeError as exc:
         raise _BadText(f"{exc.msg} at line {exc.lineno}, column {exc.colno} of the string") from None
     except _NonFinite as exc:
@@ -388,6 +433,8 @@ class _Scanner:
                 ) from None
             except ValueError as exc:
                 raise self._error(f"invalid JSON{where}", start, str(exc)) from None
+            if _UNSTORABLE_ESCAPE.search(self.text, start, end):
+                value = storable(value)
             self.pos = end
             return value, start, end
 

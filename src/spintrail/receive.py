@@ -30,10 +30,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from spintrail import auth
-from spintrail.decode import DecodeError, decode_body
+from spintrail.decode import DecodeError, decode_body, storable_text
 from spintrail.guard import INFLIGHT_STATE_KEY, OverBudget, Reservation
 from spintrail.ingest import Ingestor
 from spintrail.metrics import Metrics
+from spintrail.query import is_number
 from spintrail.store import PreparedEvent, StoreFull, StoreOverloaded, StoreUnavailable
 from spintrail.store.base import Arrival
 
@@ -86,7 +87,7 @@ async def read_body(
             415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported: send gzip or none"
         )
     declared = request.headers.get("content-length")
-    if encoding in ("", "identity") and declared and declared.isdigit() and int(declared) > limit:
+    if encoding in ("", "identity") and declared and is_number(declared) and int(declared) > limit:
         raise RequestRejected(
             413, "too_large", f"body of {declared} bytes is over the limit of {limit} bytes"
         )
@@ -95,7 +96,7 @@ async def read_body(
     size = 0
     inflater = zlib.decompressobj(wbits=31) if encoding in ("gzip", "x-gzip") else None
     try:
-        if inflater is None and declared and declared.isdigit():
+        if inflater is None and declared and is_number(declared):
             reservation.take(int(declared))
             reserved_up_front = True
         async with asyncio.timeout(timeout):
@@ -136,6 +137,11 @@ async def read_body(
     return b"".join(chunks)
 
 
+def too_deep(number: int) -> str:
+    """Why event ``number`` (0-based) was refused when processing it nested deeper than Python can go."""
+    return f"event {number} is nested too deeply to process: flatten it (a few hundred levels at most)"
+
+
 def request_reservation(request: Request) -> Reservation:
     """This request's share of the in-flight byte budget (created on first use, released at its end)."""
     reservation: Reservation | None = getattr(request.state, INFLIGHT_STATE_KEY, None)
@@ -148,7 +154,7 @@ def request_reservation(request: Request) -> Reservation:
 def request_instance(request: Request) -> str | None:
     """The Spinnaker instance named by the request: the header first, then ``?instance=``."""
     value = request.headers.get(INSTANCE_HEADER) or request.query_params.get("instance")
-    return value.strip() or None if value else None
+    return storable_text(value.strip()) or None if value else None
 
 
 async def store_prepared(
@@ -252,7 +258,13 @@ async def receive_events(request: Request) -> JSONResponse:
                 incoming = decode_body(body)
             except DecodeError as exc:
                 raise RequestRejected(400, exc.reason, str(exc)) from None
-            return [ingestor.prepare(e, received_at=received_at, instance=instance) for e in incoming]
+            out = []
+            for number, e in enumerate(incoming):
+                try:
+                    out.append(ingestor.prepare(e, received_at=received_at, instance=instance))
+                except RecursionError:
+                    raise RequestRejected(400, "invalid_json", too_deep(number)) from None
+            return out
 
         prepared = await run_in_threadpool(prepare) if len(body) > _THREAD_THRESHOLD else prepare()
         answer = await store_prepared(request, prepared, arrival)

@@ -35,10 +35,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from spintrail.decode import DecodeError, IncomingEvent, decode_body
+from spintrail.decode import DecodeError, IncomingEvent, decode_body, storable_text
 from spintrail.ingest import Ingestor
 from spintrail.metrics import Metrics
-from spintrail.receive import RequestRejected, read_body, request_instance, store_prepared
+from spintrail.receive import RequestRejected, read_body, request_instance, store_prepared, too_deep
 from spintrail.splunk import HEC_CODES, HecError, check_token, parse_hec_events
 from spintrail.store import PreparedEvent
 from spintrail.store.base import Arrival
@@ -120,7 +120,7 @@ def _instance_field(obj: dict[str, Any]) -> str | None:
     for key in _INSTANCE_FIELDS:
         value = fields.get(key)
         if isinstance(value, str) and value.strip():
-            return value.strip()
+            return storable_text(value.strip())
     return None
 
 
@@ -132,7 +132,10 @@ def hec_events(body: bytes) -> list[tuple[IncomingEvent, str | None]]:
     """
     objects = parse_hec_events(body)
     text = body.decode("utf-8")
-    spans = event_spans(text)
+    try:
+        spans = event_spans(text)
+    except RecursionError:  # the parse above just managed, one call deeper it does not
+        raise HecError(6, 0, "the body is nested too deeply") from None
     out: list[tuple[IncomingEvent, str | None]] = []
     for number, (obj, span) in enumerate(zip(objects, spans, strict=True)):
         value = obj["event"]
@@ -179,10 +182,13 @@ async def _receive_hec(request: Request, ingestor: Ingestor, arrival: Arrival) -
         def prepare() -> list[PreparedEvent]:
             found = hec_events(body)
             now = int(time.time() * 1000)
-            return [
-                ingestor.prepare(incoming, received_at=now, instance=instance or from_fields)
-                for incoming, from_fields in found
-            ]
+            out = []
+            for number, (incoming, from_fields) in enumerate(found):
+                try:
+                    out.append(ingestor.prepare(incoming, received_at=now, instance=instance or from_fields))
+                except RecursionError:
+                    raise HecError(6, number, too_deep(number)) from None
+            return out
 
         prepared = await run_in_threadpool(prepare) if len(body) > _THREAD_THRESHOLD else prepare()
         try:

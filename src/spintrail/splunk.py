@@ -90,6 +90,10 @@ def parse_hec_events(body: bytes) -> list[dict[str, Any]]:
             obj, end = _JSON.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             raise HecError(6, number, f"not JSON: {exc.msg} at character {exc.pos}") from None
+        except RecursionError:
+            raise HecError(6, number, f"the value at character {pos} is nested too deeply") from None
+        except ValueError as exc:  # an integer too long to convert, for one
+            raise HecError(6, number, f"not usable JSON at character {pos}: {exc}") from None
         if not isinstance(obj, dict):
             raise HecError(6, number, f"expected a JSON object, got {type(obj).__name__}")
         _check_envelope(obj, number)
