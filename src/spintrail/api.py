@@ -20,8 +20,13 @@ from spintrail.timeline import build_timeline
 router = APIRouter()
 
 
+#: Seconds a client is asked to wait before retrying a 503 (every 503 says when to come back).
+RETRY_AFTER = "5"
+
+
 def error(status: int, reason: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": reason, "message": message}, status_code=status)
+    headers = {"Retry-After": RETRY_AFTER} if status == 503 else None
+    return JSONResponse({"error": reason, "message": message}, status_code=status, headers=headers)
 
 
 def filters_from_request(request: Request) -> Filters:
@@ -172,7 +177,8 @@ async def readyz(request: Request) -> Response:
     try:
         await run_in_threadpool(store.ping)
     except StoreUnavailable as exc:
-        return JSONResponse({"status": "unavailable", "store": store.backend, "reason": str(exc)}, 503)
+        body = {"status": "unavailable", "store": store.backend, "reason": str(exc)}
+        return JSONResponse(body, 503, headers={"Retry-After": RETRY_AFTER})
     return JSONResponse({"status": "ready", "store": store.backend})
 
 

@@ -7,7 +7,9 @@ after the answer loses nothing. A body that is refused stores nothing. Status co
 - 400: empty body, invalid JSON, no echo event in the body, corrupt gzip
 - 401: authentication is on and the request has no valid token (``auth.py``)
 - 403: the token may not send events (its role), or not of these applications
-- 413: body larger than ``max_body_bytes`` (after decompression)
+- 413: body larger than ``max_body_bytes`` (after decompression), or holding more events than
+  ``max_events_per_request`` (or ``write_queue_max``), or events that would take more memory than twice
+  ``max_body_bytes`` (``decode.event_cost``): decoding stops there, so memory stays bounded
 - 415: a ``Content-Encoding`` other than gzip or identity
 - 408: the body did not arrive within ``body_read_timeout_seconds`` (the connection is closed)
 - 503: the write queue or the in-flight byte budget is full (with ``Retry-After``), or the store cannot
@@ -30,7 +32,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from spintrail import auth
-from spintrail.decode import DecodeError, decode_body, storable_text
+from spintrail.decode import EVENT_OVERHEAD, DecodeError, TooMuch, decode_body, storable_text
 from spintrail.guard import INFLIGHT_STATE_KEY, OverBudget, Reservation
 from spintrail.ingest import Ingestor
 from spintrail.metrics import Metrics
@@ -135,6 +137,23 @@ async def read_body(
             {"Connection": "close"},
         ) from None
     return b"".join(chunks)
+
+
+def hold_events(reservation: Reservation, prepared: list[PreparedEvent]) -> None:
+    """Count what the prepared events hold until their commit, beyond the body's bytes (already counted),
+    in the in-flight budget: ``EVENT_OVERHEAD`` each, so a body of many tiny events weighs what it takes
+    and the requests after it are refused while it waits (this one, admitted, is not)."""
+    reservation.add(len(prepared) * EVENT_OVERHEAD)
+
+
+def event_limits(settings: Any) -> tuple[int, int, str]:
+    """``(most events, most memory, the settings that set them)`` for one ingest request."""
+    if settings.write_queue_max < settings.max_events_per_request:
+        max_events, names = settings.write_queue_max, "write_queue_max"
+    else:
+        max_events, names = settings.max_events_per_request, "max_events_per_request"
+    max_cost = 2 * settings.max_body_bytes + EVENT_OVERHEAD  # one event of the largest body always fits
+    return max_events, max_cost, f" (set by {names} and max_body_bytes)"
 
 
 def too_deep(number: int) -> str:
@@ -253,9 +272,13 @@ async def receive_events(request: Request) -> JSONResponse:
         instance = request_instance(request)
         received_at = int(time.time() * 1000)
 
+        max_events, max_cost, limits = event_limits(request.app.state.settings)
+
         def prepare() -> list[PreparedEvent]:
             try:
-                incoming = decode_body(body)
+                incoming = decode_body(body, max_events=max_events, max_cost=max_cost, limits=limits)
+            except TooMuch as exc:
+                raise RequestRejected(413, exc.reason, str(exc)) from None
             except DecodeError as exc:
                 raise RequestRejected(400, exc.reason, str(exc)) from None
             out = []
@@ -267,6 +290,7 @@ async def receive_events(request: Request) -> JSONResponse:
             return out
 
         prepared = await run_in_threadpool(prepare) if len(body) > _THREAD_THRESHOLD else prepare()
+        hold_events(reservation, prepared)
         answer = await store_prepared(request, prepared, arrival)
     except RequestRejected as exc:
         metrics.rejected.labels(exc.reason).inc()

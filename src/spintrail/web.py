@@ -194,11 +194,15 @@ def _store(request: Request) -> Store:
 
 
 def _error(request: Request, status: int, message: str, **context: Any) -> HTMLResponse:
-    return render(request, "error.html", status=status, message=message, code=status, **context)
+    page = render(request, "error.html", status=status, message=message, code=status, **context)
+    if status == 503:
+        page.headers["Retry-After"] = "5"
+    return page
 
 
 def api_error(status: int, reason: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": reason, "message": message}, status_code=status)
+    headers = {"Retry-After": "5"} if status == 503 else None
+    return JSONResponse({"error": reason, "message": message}, status_code=status, headers=headers)
 
 
 # --------------------------------------------------------------------------------------------------
