@@ -185,5 +185,11 @@ async def readyz(request: Request) -> Response:
 @router.get("/metrics", tags=["operations"], summary="Prometheus metrics")
 async def metrics(request: Request) -> Response:
     m = request.app.state.metrics
-    m.queue.set(_store(request).pending)
+    store = _store(request)
+    m.queue.set(store.pending)
+    try:
+        await run_in_threadpool(store.ping)
+        m.database_up.set(1)
+    except Exception:
+        m.database_up.set(0)
     return PlainTextResponse(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.routing import Route
 
-from spintrail import auth
+from spintrail import auth, dbutil
 from spintrail.decode import EVENT_OVERHEAD, DecodeError, TooMuch, decode_body, storable_text
 from spintrail.guard import INFLIGHT_STATE_KEY, OverBudget, Reservation
 from spintrail.ingest import Ingestor
@@ -43,6 +43,7 @@ from spintrail.store.base import Arrival
 log = logging.getLogger(__name__)
 
 INSTANCE_HEADER = "x-spinnaker-instance"
+_unavailable = dbutil.Throttled(log, "storing events")
 _THREAD_THRESHOLD = 256 * 1024  # bodies larger than this are decoded off the event loop
 
 router = APIRouter()
@@ -195,10 +196,12 @@ async def store_prepared(
     try:
         future = store.submit(prepared)
     except StoreOverloaded as exc:
+        metrics.store_errors.labels("overloaded").inc()
         raise RequestRejected(
             503, "overloaded", f"spintrail is busy ({exc}); retry shortly", {"Retry-After": "1"}
         ) from None
     except StoreUnavailable as exc:
+        metrics.store_errors.labels("unavailable").inc()
         raise RequestRejected(503, "store_unavailable", str(exc), {"Retry-After": "5"}) from None
     finally:
         if arrival is not None:
@@ -207,11 +210,14 @@ async def store_prepared(
     try:
         results = await asyncio.wrap_future(future)
     except StoreFull as exc:
+        metrics.store_errors.labels("disk_full").inc()
         log.debug("disk full: %s", exc)  # the store logs each disk-full episode once
         raise RequestRejected(507, "disk_full", f"the store's disk is full: {exc}") from None
     except StoreUnavailable as exc:
-        log.error("store unavailable: %s", exc)
+        metrics.store_errors.labels("unavailable").inc()
+        _unavailable.failed(exc)
         raise RequestRejected(503, "store_unavailable", str(exc), {"Retry-After": "5"}) from None
+    _unavailable.succeeded()
     duplicates = sum(1 for r in results if r.duplicate)
     metrics.received.inc(len(results))
     metrics.stored.inc(len(results) - duplicates)

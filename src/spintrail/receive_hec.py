@@ -233,7 +233,8 @@ async def _receive_hec(request: Request, ingestor: Ingestor, arrival: Arrival) -
             await store_prepared(request, prepared, arrival)
         except RequestRejected as exc:
             metrics.rejected.labels(f"hec_{exc.reason}").inc()
-            log.warning("HEC request not stored: %s", exc.message)
+            if exc.status != 503:  # 503s are logged where they arise, once per interval
+                log.warning("HEC request not stored: %s", exc.message)
             busy = HecError(9, detail=exc.message)
             return hec_answer(busy, {"Retry-After": exc.headers.get("Retry-After", RETRY_AFTER)})
     except HecError as exc:

@@ -85,6 +85,9 @@ def start(
     )
     checkpointer.start()
     app.state.checkpointer = checkpointer
+    metrics = getattr(app.state, "metrics", None)
+    if metrics is not None:
+        metrics.watch_checkpoints(checkpointer)
 
 
 def stop(app: FastAPI) -> None:
