@@ -93,6 +93,14 @@ def event(n: int) -> dict[str, object]:
     }
 
 
+def metric(text: str, name: str) -> float:
+    """The value of one sample in Prometheus text."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
 def wait_for(check: object, seconds: float) -> float:
     """Poll ``check()`` until it is true; the seconds it took (fails after ``seconds``)."""
     started = time.monotonic()
@@ -131,6 +139,7 @@ def test_an_outage_is_survived_and_recovered_by_itself(cluster: Cluster) -> None
         assert all(code < 500 or code == 503 for codes in statuses.values() for code in codes), statuses
         metrics = server.get("/metrics").text
         assert "spintrail_database_up 0.0" in metrics
+        assert metric(metrics, 'spintrail_store_errors_total{kind="unavailable"}') >= 1
         cluster.start()
         took = wait_for(lambda: server.post(event(2), headers=AUTH).status_code == 200, 30)
         assert took < 15, took
@@ -142,6 +151,14 @@ def test_an_outage_is_survived_and_recovered_by_itself(cluster: Cluster) -> None
             lambda: server.get("/api/v1/integrity/checkpoints?limit=1", headers=AUTH).json()["log_size"] >= 2,
             15,
         )
+        metrics = server.get("/metrics").text
+        assert metric(metrics, "spintrail_checkpoint_age_seconds") < 10
+        for name in (
+            "process_start_time_seconds",
+            "process_resident_memory_bytes",
+            "process_cpu_seconds_total",
+        ):
+            assert metric(metrics, name) > 0
         log = server.log_path.read_text(errors="replace")
         assert "Traceback" not in log, log[-3000:]
         assert log.count("\n") < 200, f"{log.count(chr(10))} log lines for a short outage"
