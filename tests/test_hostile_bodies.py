@@ -94,6 +94,12 @@ def test_lone_surrogates_and_nul_are_stored_as_replacement_characters(live: Serv
     assert record["application"] == REPLACED and record["spinnaker_instance"] == f"i{REPLACED}"
     r = live.post(event_text("lone-3"), headers={"X-Spinnaker-Instance": "ok"}, params={"instance": "\x00"})
     assert r.status_code == 200
+    # An event sent as a JSON string, with an escaped lone surrogate inside the string.
+    as_string = json.dumps(event_text("lone-4", application="x\\udfff"))
+    assert "\\\\udfff" in as_string
+    r = hec(live, '{"event":' + as_string.replace("\\\\udfff", "\\udfff") + "}")
+    assert r.status_code == 200, r.text
+    assert live.get("/api/v1/events/lone-4").json()["event"]["application"] == f"x{REPLACED}"
 
 
 def test_the_deepest_event_accepted_is_readable_everywhere(live: Server) -> None:

@@ -167,7 +167,8 @@ def hec_events(
     for number, (obj, span) in enumerate(zip(objects, spans, strict=True)):
         value = obj["event"]
         if isinstance(value, str) or span is None:
-            data = value.encode("utf-8") if isinstance(value, str) else json.dumps(value).encode()
+            # A string event is its text; an escaped lone surrogate in it cannot be encoded: U+FFFD.
+            data = storable_text(value).encode() if isinstance(value, str) else json.dumps(value).encode()
         else:
             data = text[span[0] : span[1]].encode("utf-8")
         try:
