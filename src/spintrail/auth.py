@@ -376,6 +376,8 @@ class AuthMiddleware:
                     raise
                 _unreachable.failed(exc)  # public routes (/healthz, /readyz) still answer
                 result = AuthResult(None, AuthError(503, "store_unavailable", _DOWN, 9))
+            else:
+                _unreachable.succeeded()
         scope.setdefault("state", {})["auth"] = result
         principal = result.principal
         app_scope.set_current(principal.applications if principal is not None else frozenset())
