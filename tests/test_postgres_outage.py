@@ -174,13 +174,14 @@ def test_a_replica_started_while_the_database_is_down_waits_for_it(cluster: Clus
         with pytest.raises(RuntimeError, match="did not become ready"):
             server.start(timeout=4)
         assert server.proc is not None and server.proc.poll() is None, server.log()
-        time.sleep(2)
+        wait_for(lambda: "opening the store failed" in server.log(), 20)
+        time.sleep(3)  # a few more attempts (every 2 s), not logged again
         assert server.proc.poll() is None, server.log()
-        assert "opening the store failed" in server.log() and "retrying" in server.log()
+        assert "retrying" in server.log()
         assert server.log().count("opening the store failed") == 1, "once per interval, not per attempt"
         cluster.start()
         wait_for(lambda: httpx.get(server.url + "/readyz", timeout=5).status_code == 200, 30)
         assert server.post(event(3), headers=AUTH).status_code == 200
-        assert time.monotonic() - proc_started < 45
+        assert time.monotonic() - proc_started < 55
     finally:
         server.stop()
