@@ -16,7 +16,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spintrail.decode import DecodeError, IncomingEvent, decode_body, iter_decode_file
+from spintrail.decode import (
+    DecodeError,
+    IncomingEvent,
+    decode_body,
+    iter_decode_file,
+    storable,
+    storable_text,
+)
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "echo"
 NO_FIXTURES = f"echo fixtures folder {FIXTURES} is absent"
@@ -309,7 +316,7 @@ def test_raw_is_byte_exact_for_utf8_escapes_and_odd_whitespace() -> None:
         assert [item.event["content"]["context"]["note"] for item in got[:3]] == [
             texts[0],
             texts[1],
-            texts[2],
+            texts[2].replace("\u0000", "\ufffd"),  # NUL cannot be stored: the event holds U+FFFD
         ]
         assert got[3].event == {"details": {"type": "x\u00e9"}, "content": {"k": "\U0001f680\u00e9"}}
 
@@ -734,7 +741,9 @@ def bodies(draw: st.DrawFn) -> tuple[bytes, list[IncomingEvent]]:
     if layout != "array" and count == 1:
         pieces = [body]  # a single top-level value: the whole body is the raw
     expected = [
-        IncomingEvent(event, raw, instance) for (event, _, instance), raw in zip(items, pieces, strict=True)
+        # Lone surrogates and NUL, which no database stores, arrive as U+FFFD.
+        IncomingEvent(storable(event), raw, instance and storable_text(instance))
+        for (event, _, instance), raw in zip(items, pieces, strict=True)
     ]
     return body, expected
 
@@ -822,3 +831,21 @@ def test_error_reason_names_the_kind_of_problem(body: bytes, reason: str) -> Non
     with pytest.raises(DecodeError) as info:
         decode_body(body)
     assert info.value.reason == reason
+
+
+def test_strings_no_database_stores_become_replacement_characters() -> None:
+    """Lone surrogates and NUL (escapes only: raw text cannot hold them) in values and keys, at any depth
+    and in flattened strings; surrogate pairs stay the character they spell; the raw bytes stay exact."""
+    body = (
+        b'{"details":"{\\"type\\":\\"t\\\\udfff\\"}","content":{"a\\u0000":[["\\ud800"]],'
+        b'"pair":"\\ud83d\\ude80","deep":' + b'{"x":' * 300 + b'"\\udc00"' + b"}" * 300 + b"}}"
+    )
+    for item in decode_everywhere(body):
+        assert item.raw == body
+        assert item.event["details"]["type"] == "t\ufffd"
+        content = item.event["content"]
+        assert content["a\ufffd"] == [["\ufffd"]] and content["pair"] == "\U0001f680"
+        node = content["deep"]
+        for _ in range(300):
+            node = node["x"]
+        assert node == "\ufffd"

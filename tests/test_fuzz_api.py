@@ -178,3 +178,72 @@ def test_the_server_is_still_sound_after_fuzzing(live: Server) -> None:
     assert httpx.get(live.url + "/readyz", timeout=10).status_code == 200
     report = httpx.post(live.url + "/api/v1/integrity/verify", headers=AUTH, timeout=60).json()
     assert report["ok"], report["problems"]
+
+
+_HEC_VALID = b'{"event":' + _VALID + b',"fields":{"spinnaker_instance":"prod"},"time":1718370000.5}'
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+def _hostile(kind: str, n: int) -> bytes:
+    """Bodies built to break parsers: deep nesting, huge numbers, escapes no database stores."""
+    if kind == "deep":
+        return b'{"event":' + b"[" * n + b"]" * n + b"}"
+    if kind == "digits":
+        return b'{"event":{"details":{"type":"t"}},"fields":{"n":' + b"9" * n + b"}}"
+    if kind == "escapes":
+        return _HEC_VALID.replace(b'"prod"', b'"\\udfff\\u0000' + b"\\ud800" * (n % 7) + b'"')
+    return b'{"event":"' + b"\\" * (n % 2) + b'x"}' * (n % 5 + 1)
+
+
+@given(
+    body=st.one_of(
+        st.binary(max_size=300),
+        st.builds(
+            lambda cut, junk: _HEC_VALID[:cut] + junk + _HEC_VALID[cut:],
+            st.integers(0, len(_HEC_VALID)),
+            st.binary(max_size=8),
+        ),
+        st.builds(
+            lambda event, fields: json.dumps({"event": event, "fields": fields}).encode(),
+            _json_values,
+            _json_values,
+        ),
+        st.builds(
+            _hostile,
+            st.sampled_from(["deep", "digits", "escapes", "concatenated"]),
+            st.sampled_from([1, 10, 1000, 10_000, 100_000]),
+        ),
+    ),
+    gzip_it=st.booleans(),
+)
+@settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+def test_splunk_bodies_fuzzed_over_http(live: Server, body: bytes, gzip_it: bool) -> None:
+    """The Splunk-compatible route: a clear 2xx or 4xx with a HEC `code` always, `Retry-After` on a 503,
+    and a refused body stores nothing."""
+    import gzip
+
+    before = _log_size(live)
+    headers = {**AUTH, "Content-Type": "application/json"}
+    if gzip_it:
+        body, headers["Content-Encoding"] = gzip.compress(body), "gzip"
+    r = httpx.post(live.url + "/services/collector/event", content=body, headers=headers, timeout=60)
+    assert r.status_code in (200, 400, 413, 415, 503), r.text[:300]
+    answer = r.json()
+    assert isinstance(answer["code"], int) and answer["text"], answer
+    if r.status_code == 503:
+        assert answer["code"] == 9 and int(r.headers["Retry-After"]) >= 1
+    if r.status_code == 200:
+        assert answer["code"] == 0 and _log_size(live) >= before
+    else:
+        assert answer["code"] != 0 and _log_size(live) == before

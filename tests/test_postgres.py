@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -272,8 +273,27 @@ def test_database_unreachable_is_a_clear_error(tmp_path: Path) -> None:
     assert "s3cret" not in str(info.value) and "***" in str(info.value)
     r = run("search", "--database", bad)
     assert r.returncode == 1 and "cannot connect to PostgreSQL" in r.stderr and "s3cret" not in r.stderr
-    r = run("serve", "--database", bad, "--port", "0")
-    assert r.returncode == 1 and "cannot connect to PostgreSQL" in r.stderr
+    # serve waits for the database instead of exiting (an orchestrator would restart it in a loop),
+    # saying why once per interval; SIGTERM ends it.
+    err = tmp_path / "serve.err"
+    with err.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "spintrail", "serve", "--database", bad, "--port", "0"],
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while "cannot connect to PostgreSQL" not in err.read_text() and time.monotonic() < deadline:
+                assert proc.poll() is None, err.read_text()
+                time.sleep(0.2)
+            time.sleep(2.5)
+            text = err.read_text()
+            assert proc.poll() is None and "retrying" in text, text
+            assert "s3cret" not in text and text.count("cannot connect to PostgreSQL") == 1, text
+        finally:
+            proc.terminate()
+            proc.wait(10)
 
 
 def test_server_on_postgresql_end_to_end(server_factory: Any, pg_url: str) -> None:

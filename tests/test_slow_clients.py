@@ -150,6 +150,10 @@ def test_connection_limit_answers_503_and_recovers(server_factory: Any) -> None:
         t0 = time.perf_counter()
         r = httpx.get(server.url + "/healthz", timeout=5)
         assert r.status_code == 503 and time.perf_counter() - t0 < 1
+        assert int(r.headers["Retry-After"]) >= 1 and r.json()["error"] == "overloaded"
+        r = httpx.post(server.url + "/services/collector/event", content=b'{"event":"x"}', timeout=5)
+        assert r.status_code == 503 and r.json() == {"text": "Server is busy", "code": 9}
+        assert int(r.headers["Retry-After"]) >= 1
     finally:
         for s in idle:
             s.close()

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from spintrail import auth
-from spintrail.query import FILTER_HELP, FILTER_NAMES, FilterError, Filters, parse_limit
+from spintrail.query import FILTER_HELP, FILTER_NAMES, FilterError, Filters, parse_limit, row_id
 from spintrail.record import AuditRecord
 from spintrail.store import Store, StoreUnavailable
 from spintrail.timeline import build_timeline
@@ -20,8 +20,13 @@ from spintrail.timeline import build_timeline
 router = APIRouter()
 
 
+#: Seconds a client is asked to wait before retrying a 503 (every 503 says when to come back).
+RETRY_AFTER = "5"
+
+
 def error(status: int, reason: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": reason, "message": message}, status_code=status)
+    headers = {"Retry-After": RETRY_AFTER} if status == 503 else None
+    return JSONResponse({"error": reason, "message": message}, status_code=status, headers=headers)
 
 
 def filters_from_request(request: Request) -> Filters:
@@ -84,8 +89,9 @@ async def search_events(
 
 async def _find(request: Request, ref: str) -> AuditRecord | None:
     store = _store(request)
-    if ref.isdigit() and len(ref) <= 18:
-        found = await run_in_threadpool(store.get, int(ref))
+    number = row_id(ref)
+    if number is not None:
+        found = await run_in_threadpool(store.get, number)
         if found is not None:
             return found
     return await run_in_threadpool(store.get_by_event_id, ref)
@@ -99,25 +105,39 @@ async def get_event(request: Request, ref: str) -> Response:
     if record is None or record.id is None:
         return error(404, "not_found", f"no event with id or event_id {ref!r}")
     principal = auth.principal_of(request)
-    parsed: Any = None
+    raw: bytes | None = None
     body: dict[str, Any] = {"event": record.to_api()}
     if principal is not None and principal.can("auditor"):
         await auth.record_access(request, "event", target=record.event_id)
         raw = await run_in_threadpool(_store(request).raw, record.id)
-        if raw is not None:
-            try:
-                parsed = json.loads(raw)
-            except ValueError:
-                parsed = raw.decode("utf-8", "replace")
     else:
         body["raw_withheld"] = "the raw event is shown to the auditor and admin roles"
-    body["raw"] = parsed
     trust = getattr(request.app.state, "trust", None)
     if trust is not None:
         leaf = await run_in_threadpool(trust.log.leaf_row, record.id)
         if leaf is not None:
             body["provenance"] = {"leaf_index": leaf[0], "raw_sha256": leaf[1].hex(), "ingest_token": leaf[2]}
-    return JSONResponse(body)
+    return Response(_with_raw(body, raw), media_type="application/json")
+
+
+def _with_raw(body: dict[str, Any], raw: bytes | None) -> bytes:
+    """``body`` as JSON with ``"raw"``: the kept bytes as they are where they hold one JSON value, else text.
+
+    The bytes are placed as they are, not parsed and serialized again: whatever they hold (a lone surrogate
+    escaped as ``\\udfff``, nesting deeper than Python's recursion allows) they can always be shown.
+    """
+    head = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    if raw is None:
+        value = b"null"
+    else:
+        value = raw
+        try:
+            json.loads(raw)
+        except RecursionError:
+            pass  # valid as far as it was read, only deep: JSON all the same
+        except ValueError:
+            value = json.dumps(raw.decode("utf-8", "replace")).encode()
+    return head[:-1] + b',"raw":' + value.strip() + b"}"
 
 
 @router.get("/api/v1/events/{ref}/raw", tags=["query"], summary="The exact bytes received")
@@ -157,12 +177,19 @@ async def readyz(request: Request) -> Response:
     try:
         await run_in_threadpool(store.ping)
     except StoreUnavailable as exc:
-        return JSONResponse({"status": "unavailable", "store": store.backend, "reason": str(exc)}, 503)
+        body = {"status": "unavailable", "store": store.backend, "reason": str(exc)}
+        return JSONResponse(body, 503, headers={"Retry-After": RETRY_AFTER})
     return JSONResponse({"status": "ready", "store": store.backend})
 
 
 @router.get("/metrics", tags=["operations"], summary="Prometheus metrics")
 async def metrics(request: Request) -> Response:
     m = request.app.state.metrics
-    m.queue.set(_store(request).pending)
+    store = _store(request)
+    m.queue.set(store.pending)
+    try:
+        await run_in_threadpool(store.ping)
+        m.database_up.set(1)
+    except Exception:
+        m.database_up.set(0)
     return PlainTextResponse(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from starlette.concurrency import run_in_threadpool
 
 from spintrail import (
     __version__,
@@ -14,6 +16,7 @@ from spintrail import (
     apidocs,
     auth,
     checkpoint_forward,
+    dbutil,
     forward,
     forward_api,
     lifecycle,
@@ -33,6 +36,33 @@ from spintrail.store import Store, open_store
 log = logging.getLogger(__name__)
 
 
+#: Seconds between two attempts to open a store whose database cannot be reached at start-up.
+OPEN_RETRY_SECONDS = 2.0
+
+
+async def _open_store_when_reachable(settings: Settings) -> Store:
+    """Open the store, waiting while its database cannot be reached (a replica started during an outage
+    waits for the database instead of exiting, so an orchestrator does not restart it in a loop)."""
+    waiting = dbutil.Throttled(log, "opening the store")
+    while True:
+        try:
+            store = await run_in_threadpool(
+                open_store,
+                settings.database,
+                batch_max=settings.commit_batch_max,
+                queue_max=settings.write_queue_max,
+                pool_size=settings.postgres_pool_size,
+            )
+        except Exception as exc:
+            if not dbutil.is_unreachable(exc):
+                raise
+            waiting.failed(exc)
+            await asyncio.sleep(OPEN_RETRY_SECONDS)
+            continue
+        waiting.succeeded()
+        return store
+
+
 def create_app(
     settings: Settings | None = None, store: Store | None = None, *, close_store: bool = False
 ) -> FastAPI:
@@ -47,12 +77,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = app.state.store is None
         if own:
-            app.state.store = open_store(
-                settings.database,
-                batch_max=settings.commit_batch_max,
-                queue_max=settings.write_queue_max,
-                pool_size=settings.postgres_pool_size,
-            )
+            app.state.store = await _open_store_when_reachable(settings)
         app.state.store.commit_observer = metrics.observe_commit
         app.state.store.commit_wait = settings.commit_wait_ms / 1000
         metrics.watch(app.state.store, app.state.inflight)

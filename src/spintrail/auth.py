@@ -38,7 +38,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from spintrail import browsers
+from spintrail import browsers, dbutil
 from spintrail import scope as app_scope
 from spintrail.accesslog import Access
 from spintrail.settings import Settings
@@ -194,6 +194,8 @@ def auth_error_response(request: Request, exc: AuthError) -> JSONResponse:
     # Basic first, so a browser opening a page asks for the token (as the password) itself.
     challenge = 'Basic realm="spintrail", Bearer realm="spintrail"'
     headers = {"WWW-Authenticate": challenge} if exc.status == 401 else {}
+    if exc.status == 503:
+        headers["Retry-After"] = "5"
     if request.url.path.startswith(HEC_PREFIX):
         from spintrail.splunk import HEC_CODES
 
@@ -441,6 +443,10 @@ def parse_user_roles(entries: list[str]) -> dict[str, str]:
     return out
 
 
+_unreachable = dbutil.Throttled(log, "token look-up")
+_DOWN = "the database cannot be reached to check the token; retry shortly"
+
+
 class AuthMiddleware:
     """Authenticates every HTTP request and sets its application scope before anything else runs."""
 
@@ -470,7 +476,15 @@ class AuthMiddleware:
             result = AuthResult(None, AuthError(503, "starting", "spintrail is starting; retry shortly", 9))
         else:
             client = scope.get("client")
-            result = authenticator.authenticate(headers, client[0] if client else None, scope["path"])
+            try:
+                result = authenticator.authenticate(headers, client[0] if client else None, scope["path"])
+            except Exception as exc:
+                if not dbutil.is_unreachable(exc):
+                    raise
+                _unreachable.failed(exc)  # public routes (/healthz, /readyz) still answer
+                result = AuthResult(None, AuthError(503, "store_unavailable", _DOWN, 9))
+            else:
+                _unreachable.succeeded()
         scope.setdefault("state", {})["auth"] = result
         principal = result.principal
         app_scope.set_current(principal.applications if principal is not None else frozenset())

@@ -75,21 +75,36 @@ def settings_from(config: Path | None = None, **overrides: Any) -> Settings:
         raise fail(f"invalid settings: {exc}") from None
 
 
-def open_store_or_exit(settings: Settings, *, read_only: bool = False) -> Store:
-    """The store of ``settings``; ``read_only`` for commands that only examine it (exit 2 when it is
-    missing or needs a schema upgrade first)."""
-    try:
-        return open_store(
-            settings.database,
-            batch_max=settings.commit_batch_max,
-            queue_max=settings.write_queue_max,
-            pool_size=settings.postgres_pool_size,
-            read_only=read_only,
-        )
-    except (StoreNeedsMigration, StoreMissing) as exc:
-        raise fail(f"{exc}", 2) from None
-    except StoreError as exc:
-        raise fail(f"{exc}") from None
+def open_store_or_exit(settings: Settings, *, read_only: bool = False, wait: bool = False) -> Store:
+    """The store of ``settings``, or exit naming the problem. ``read_only`` for commands that only examine
+    it (exit 2 when it is missing or needs a schema upgrade first). With ``wait`` (``serve``), a database
+    that cannot be reached is waited for, retrying every 2 s and saying so once per interval, instead of
+    exiting: a replica started during an outage comes up with the database rather than being restarted in
+    a loop."""
+    import time
+
+    from spintrail import dbutil
+
+    waiting = dbutil.Throttled(logging.getLogger("spintrail"), "opening the store")
+    while True:
+        try:
+            store = open_store(
+                settings.database,
+                batch_max=settings.commit_batch_max,
+                queue_max=settings.write_queue_max,
+                pool_size=settings.postgres_pool_size,
+                read_only=read_only,
+            )
+        except (StoreNeedsMigration, StoreMissing) as exc:
+            raise fail(f"{exc}", 2) from None
+        except StoreError as exc:
+            if not (wait and dbutil.is_unreachable(exc)):
+                raise fail(f"{exc}") from None
+            waiting.failed(exc)
+            time.sleep(2)
+            continue
+        waiting.succeeded()
+        return store
 
 
 def with_filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -164,7 +179,7 @@ def serve(
         err.print(f"demo: filling {settings.database} with simulated history ...")
         load_demo(settings)
     check_sinks(settings)
-    store = open_store_or_exit(settings)
+    store = open_store_or_exit(settings, wait=True)
     from spintrail.signer_state import EXIT_REFUSED, SignerRefused
     from spintrail.trust_api import banner, open_listen_refusal
 

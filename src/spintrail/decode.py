@@ -20,7 +20,17 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
-__all__ = ["DecodeError", "IncomingEvent", "decode_body", "iter_decode_file"]
+__all__ = [
+    "EVENT_OVERHEAD",
+    "DecodeError",
+    "IncomingEvent",
+    "TooMuch",
+    "decode_body",
+    "event_cost",
+    "iter_decode_file",
+    "storable",
+    "storable_text",
+]
 
 
 @dataclass(slots=True)
@@ -59,6 +69,24 @@ class DecodeError(ValueError):
         if self.message.startswith("invalid JSON") or "not valid UTF-8" in self.message:
             return "invalid_json"
         return "no_event"
+
+
+class TooMuch(DecodeError):
+    """The body holds more events, or events that take more memory, than one request may bring."""
+
+    @property
+    def reason(self) -> str:
+        return "too_many_events"
+
+
+#: Bytes of memory one event takes beyond its raw bytes once decoded, normalized and prepared (measured
+#: for small events; see ``event_cost``).
+EVENT_OVERHEAD = 2048
+
+
+def event_cost(raw_size: int) -> int:
+    """What one event of ``raw_size`` bytes is counted as, in memory bytes, until it is committed."""
+    return EVENT_OVERHEAD + 2 * raw_size
 
 
 _WS = re.compile(r"[ \t\n\r]*")
@@ -133,10 +161,55 @@ def _utf8_len(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
+#: A JSON escape that decodes to a character no database stores as given: a surrogate (JSON joins valid
+#: pairs, so one that remains is alone) or NUL. Raw text cannot hold them: it is strict UTF-8, and JSON
+#: forbids raw control characters in strings.
+_UNSTORABLE_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F][0-9a-fA-F]{2}|0000)")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+
+
+def storable_text(text: str) -> str:
+    """``text`` with each lone surrogate and NUL replaced by U+FFFD (they cannot be encoded or stored)."""
+    return _UNSTORABLE.sub(REPLACEMENT, text) if _UNSTORABLE.search(text) else text
+
+
+def storable(value: Any) -> Any:
+    """``value`` (parsed JSON) with every string and key made :func:`storable_text`, changed in place.
+
+    Iterative, so a value nested as deeply as the parser allows is walked without recursion.
+    """
+    if isinstance(value, str):
+        return storable_text(value)
+    stack: list[Any] = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if any(_UNSTORABLE.search(key) for key in node):
+                items = list(node.items())
+                node.clear()
+                node.update((storable_text(key), child) for key, child in items)
+            for key, child in node.items():
+                if isinstance(child, str):
+                    if _UNSTORABLE.search(child):
+                        node[key] = storable_text(child)
+                elif isinstance(child, dict | list):
+                    stack.append(child)
+        elif isinstance(node, list):
+            for index, child in enumerate(node):
+                if isinstance(child, str):
+                    if _UNSTORABLE.search(child):
+                        node[index] = storable_text(child)
+                elif isinstance(child, dict | list):
+                    stack.append(child)
+    return value
+
+
 def _parse_text(text: str) -> Any:
     """Parse a JSON document held in a string (a flattened field or a wrapped JSON string)."""
     try:
-        return _DECODER.decode(text)
+        value = _DECODER.decode(text)
+        return storable(value) if _UNSTORABLE_ESCAPE.search(text) else value
     except json.JSONDecodeError as exc:
         raise _BadText(f"{exc.msg} at line {exc.lineno}, column {exc.colno} of the string") from None
     except _NonFinite as exc:
@@ -388,6 +461,8 @@ class _Scanner:
                 ) from None
             except ValueError as exc:
                 raise self._error(f"invalid JSON{where}", start, str(exc)) from None
+            if _UNSTORABLE_ESCAPE.search(self.text, start, end):
+                value = storable(value)
             self.pos = end
             return value, start, end
 
@@ -510,10 +585,20 @@ class _Utf8Chunks:
                 return text
 
 
-def decode_body(body: bytes, *, max_depth: int = 4) -> list[IncomingEvent]:
+def decode_body(
+    body: bytes,
+    *,
+    max_depth: int = 4,
+    max_events: int | None = None,
+    max_cost: int | None = None,
+    limits: str = "",
+) -> list[IncomingEvent]:
     """Return every echo event in one request body, or raise ``DecodeError`` (then nothing is returned).
 
-    ``max_depth`` bounds how deep below the top-level object a template may embed its event.
+    ``max_depth`` bounds how deep below the top-level object a template may embed its event. Beyond
+    ``max_events`` events, or once the events' ``event_cost`` adds up to more than ``max_cost``, decoding
+    stops with ``TooMuch`` (whose message names ``limits``, the settings behind the bounds), so a body of
+    countless tiny events never becomes countless objects in memory.
     """
     if not isinstance(body, bytes | bytearray | memoryview):
         raise TypeError(f"body must be bytes, not {type(body).__name__}")
@@ -531,7 +616,24 @@ def decode_body(body: bytes, *, max_depth: int = 4) -> list[IncomingEvent]:
             line=line,
         ) from None
     scanner = _Scanner(text, fill=None, whole=data, max_depth=max_depth, chunk_size=len(text), what="body")
-    return list(scanner.events())
+    if max_events is None and max_cost is None:
+        return list(scanner.events())
+    events: list[IncomingEvent] = []
+    cost = 0
+    for event in scanner.events():
+        events.append(event)
+        cost += event_cost(len(event.raw))
+        if max_events is not None and len(events) > max_events:
+            raise TooMuch(
+                f"the body holds more than {max_events} events, the most one request may bring{limits}: "
+                "send them in several requests"
+            )
+        if max_cost is not None and cost > max_cost:
+            raise TooMuch(
+                f"the first {len(events)} events of the body would take about {cost} bytes of memory, more "
+                f"than one request may take ({max_cost}{limits}): send them in several requests"
+            )
+    return events
 
 
 def iter_decode_file(path: str | os.PathLike[str], *, chunk_size: int = 1 << 20) -> Iterator[IncomingEvent]:

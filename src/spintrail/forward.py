@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from spintrail import dbutil
 from spintrail.decode import DecodeError, decode_body
 from spintrail.outbox import (
     PAUSED_UNTIL_RESUMED,
@@ -191,6 +192,7 @@ class SinkWorker(threading.Thread):
         self._was_paused = False
         self._last_prune = 0.0
         self.outbox: Outbox | None = None
+        self._database = dbutil.Throttled(log, f"sink {self.name_}: reading the outbox")
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -205,10 +207,15 @@ class SinkWorker(threading.Thread):
                     self.outbox = self._open_outbox()
                     self.outbox.ensure(self.name_, self.config.start)
                 self._round()
+                self._database.succeeded()
             except Exception as exc:  # a bug or the database being away must not stop delivery for good
-                log.exception("sink %s: delivery round failed", self.name_)
+                if dbutil.is_unreachable(exc):  # logged once per interval while the outage lasts
+                    self._database.failed(exc)
+                    self._note_error("internal", f"the database cannot be reached: {exc}")
+                else:
+                    log.exception("sink %s: delivery round failed", self.name_)
+                    self._note_error("internal", f"internal error: {exc}")
                 self._count_failure("internal")
-                self._note_error("internal", f"internal error: {exc}")
                 self._reconnect()
                 self._backoff()
         try:

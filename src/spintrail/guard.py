@@ -64,6 +64,15 @@ class Reservation:
             raise OverBudget(self.budget.used, self.budget.limit)
         self.held += n
 
+    def add(self, n: int) -> None:
+        """Count ``n`` more bytes without refusing: for memory a request that was admitted already holds
+        (what its decoded events take), so that the requests after it are refused instead."""
+        if self.budget is None or n <= 0:
+            return
+        self.budget.used += n
+        self.budget.peak = max(self.budget.peak, self.budget.used)
+        self.held += n
+
     def release(self) -> None:
         if self.budget is not None and self.held:
             self.budget.give_back(self.held)

@@ -1802,12 +1802,15 @@ class Checkpointer:
         self._thread = threading.Thread(target=self._run, name="spintrail-checkpointer", daemon=True)
         self._last_size = -1
         self._last_time = 0.0
+        #: Wall-clock time (epoch seconds) of the last signed checkpoint, None before the first.
+        self.last_signed_at: float | None = None
 
     def start(self) -> None:
         latest = self.log.latest()
         if latest is not None:
             self._last_size = latest.size
             self._last_time = time.monotonic() - max(0.0, time.time() - latest.created_at / 1000)
+            self.last_signed_at = latest.created_at / 1000
         self._thread.start()
 
     def _due(self) -> bool:
@@ -1822,26 +1825,37 @@ class Checkpointer:
             return None
         cp = self.log.sign(self.signer)
         self._last_size, self._last_time = cp.size, time.monotonic()
+        self.last_signed_at = time.time()
         return cp
 
     def _run(self) -> None:
         poll = min(1.0, self.every_seconds)
+        signing = dbutil.Throttled(log, "integrity: signing a checkpoint")
+        jobs = dbutil.Throttled(log, "integrity: a background job")
         refused = ""
         while not self._stop.wait(poll):
             try:
                 self.run_once()
+                signing.succeeded()
                 refused = ""
             except SignerRefused as exc:  # said once, not every second: nothing is signed until it is fixed
                 if str(exc) != refused:
                     log.error("integrity: not signing: %s", exc)
                     refused = str(exc)
-            except Exception:
-                log.exception("integrity: signing a checkpoint failed; retrying")
+            except Exception as exc:
+                if dbutil.is_unreachable(exc):  # the database is away: once per interval, until it is back
+                    signing.failed(exc)
+                else:
+                    log.exception("integrity: signing a checkpoint failed; retrying")
             for tick in self.ticks:
                 try:
                     tick()
-                except Exception:
-                    log.exception("integrity: a background job failed")
+                    jobs.succeeded()
+                except Exception as exc:
+                    if dbutil.is_unreachable(exc):
+                        jobs.failed(exc)
+                    else:
+                        log.exception("integrity: a background job failed")
 
     def stop(self) -> None:
         """Stop, signing a last checkpoint when events arrived since the previous one."""

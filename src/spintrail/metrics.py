@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 
 class Metrics:
@@ -52,6 +54,39 @@ class Metrics:
             "1 while the store cannot commit because its disk is full (ingest answers 507).",
             registry=r,
         )
+
+        # The process: process_start_time_seconds, process_resident_memory_bytes, process_cpu_seconds_total,
+        # process_open_fds and the like (Linux).
+        ProcessCollector(registry=r)
+        self.database_up = Gauge(
+            "spintrail_database_up",
+            "1 when the store's database answered at the last scrape, else 0 (ingest answers 503).",
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "spintrail_store_errors",
+            "Store operations that failed, by kind: unavailable (the database cannot be reached), "
+            "disk_full, overloaded (the write queue is full).",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("unavailable", "disk_full", "overloaded"):
+            self.store_errors.labels(kind)
+        self.checkpoint_age = Gauge(
+            "spintrail_checkpoint_age_seconds",
+            "Seconds since the last signed checkpoint of the tamper-evident log (NaN before the first).",
+            registry=r,
+        )
+        self.checkpoint_age.set(math.nan)
+
+    def watch_checkpoints(self, checkpointer: Any) -> None:
+        """Read the time of the checkpointer's last signed checkpoint at each scrape."""
+
+        def age() -> float:
+            signed = getattr(checkpointer, "last_signed_at", None)
+            return max(0.0, time.time() - signed) if signed is not None else math.nan
+
+        self.checkpoint_age.set_function(age)
 
     def watch(self, store: Any, inflight: Any) -> None:
         """Read the in-flight bytes and the store's disk-full state at each scrape."""

@@ -169,7 +169,9 @@ def parse_time(value: str, *, name: str = "time", now_ms: int | None = None) -> 
     if m:
         now = now_ms if now_ms is not None else int(_time.time() * 1000)
         return _in_range(now - int(float(m.group(1)) * _UNIT_MS[m.group(2)]), name, value)
-    if text.isdigit():
+    if is_number(text):
+        if len(text) > 19:
+            raise FilterError(f"{name} {value!r} is out of range")
         return _in_range(int(text), name, value)
     try:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
@@ -185,6 +187,19 @@ def parse_time(value: str, *, name: str = "time", now_ms: int | None = None) -> 
 
 #: Times beyond these (about 292 million years) do not fit the stores' 64-bit integers.
 _MS_LIMIT = 2**63 - 1
+
+
+def is_number(text: str) -> bool:
+    """True when ``text`` is ASCII digits only (``str.isdigit`` also takes other scripts' digits, ``²``)."""
+    return text.isascii() and text.isdigit()
+
+
+def row_id(ref: str) -> int | None:
+    """``ref`` as a store id, or None when it is not one: not ASCII digits, or beyond a 64-bit integer."""
+    if not is_number(ref) or len(ref) > 19:
+        return None
+    n = int(ref)
+    return n if n <= _MS_LIMIT else None
 
 
 def _in_range(ms: int, name: str, value: str) -> int:

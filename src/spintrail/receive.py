@@ -7,7 +7,9 @@ after the answer loses nothing. A body that is refused stores nothing. Status co
 - 400: empty body, invalid JSON, no echo event in the body, corrupt gzip
 - 401: authentication is on and the request has no valid token (``auth.py``)
 - 403: the token may not send events (its role), or not of these applications
-- 413: body larger than ``max_body_bytes`` (after decompression)
+- 413: body larger than ``max_body_bytes`` (after decompression), or holding more events than
+  ``max_events_per_request`` (or ``write_queue_max``), or events that would take more memory than twice
+  ``max_body_bytes`` (``decode.event_cost``): decoding stops there, so memory stays bounded
 - 415: a ``Content-Encoding`` other than gzip or identity
 - 408: the body did not arrive within ``body_read_timeout_seconds`` (the connection is closed)
 - 503: the write queue or the in-flight byte budget is full (with ``Retry-After``), or the store cannot
@@ -29,17 +31,19 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.routing import Route
 
-from spintrail import auth
-from spintrail.decode import DecodeError, decode_body
+from spintrail import auth, dbutil
+from spintrail.decode import EVENT_OVERHEAD, DecodeError, TooMuch, decode_body, storable_text
 from spintrail.guard import INFLIGHT_STATE_KEY, OverBudget, Reservation
 from spintrail.ingest import Ingestor
 from spintrail.metrics import Metrics
+from spintrail.query import is_number
 from spintrail.store import PreparedEvent, StoreFull, StoreOverloaded, StoreUnavailable
 from spintrail.store.base import Arrival
 
 log = logging.getLogger(__name__)
 
 INSTANCE_HEADER = "x-spinnaker-instance"
+_unavailable = dbutil.Throttled(log, "storing events")
 _THREAD_THRESHOLD = 256 * 1024  # bodies larger than this are decoded off the event loop
 
 router = APIRouter()
@@ -86,7 +90,7 @@ async def read_body(
             415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported: send gzip or none"
         )
     declared = request.headers.get("content-length")
-    if encoding in ("", "identity") and declared and declared.isdigit() and int(declared) > limit:
+    if encoding in ("", "identity") and declared and is_number(declared) and int(declared) > limit:
         raise RequestRejected(
             413, "too_large", f"body of {declared} bytes is over the limit of {limit} bytes"
         )
@@ -95,7 +99,7 @@ async def read_body(
     size = 0
     inflater = zlib.decompressobj(wbits=31) if encoding in ("gzip", "x-gzip") else None
     try:
-        if inflater is None and declared and declared.isdigit():
+        if inflater is None and declared and is_number(declared):
             reservation.take(int(declared))
             reserved_up_front = True
         async with asyncio.timeout(timeout):
@@ -136,6 +140,28 @@ async def read_body(
     return b"".join(chunks)
 
 
+def hold_events(reservation: Reservation, prepared: list[PreparedEvent]) -> None:
+    """Count what the prepared events hold until their commit, beyond the body's bytes (already counted),
+    in the in-flight budget: ``EVENT_OVERHEAD`` each, so a body of many tiny events weighs what it takes
+    and the requests after it are refused while it waits (this one, admitted, is not)."""
+    reservation.add(len(prepared) * EVENT_OVERHEAD)
+
+
+def event_limits(settings: Any) -> tuple[int, int, str]:
+    """``(most events, most memory, the settings that set them)`` for one ingest request."""
+    if settings.write_queue_max < settings.max_events_per_request:
+        max_events, names = settings.write_queue_max, "write_queue_max"
+    else:
+        max_events, names = settings.max_events_per_request, "max_events_per_request"
+    max_cost = 2 * settings.max_body_bytes + EVENT_OVERHEAD  # one event of the largest body always fits
+    return max_events, max_cost, f" (set by {names} and max_body_bytes)"
+
+
+def too_deep(number: int) -> str:
+    """Why event ``number`` (0-based) was refused when processing it nested deeper than Python can go."""
+    return f"event {number} is nested too deeply to process: flatten it (a few hundred levels at most)"
+
+
 def request_reservation(request: Request) -> Reservation:
     """This request's share of the in-flight byte budget (created on first use, released at its end)."""
     reservation: Reservation | None = getattr(request.state, INFLIGHT_STATE_KEY, None)
@@ -148,7 +174,7 @@ def request_reservation(request: Request) -> Reservation:
 def request_instance(request: Request) -> str | None:
     """The Spinnaker instance named by the request: the header first, then ``?instance=``."""
     value = request.headers.get(INSTANCE_HEADER) or request.query_params.get("instance")
-    return value.strip() or None if value else None
+    return storable_text(value.strip()) or None if value else None
 
 
 async def store_prepared(
@@ -170,10 +196,12 @@ async def store_prepared(
     try:
         future = store.submit(prepared)
     except StoreOverloaded as exc:
+        metrics.store_errors.labels("overloaded").inc()
         raise RequestRejected(
             503, "overloaded", f"spintrail is busy ({exc}); retry shortly", {"Retry-After": "1"}
         ) from None
     except StoreUnavailable as exc:
+        metrics.store_errors.labels("unavailable").inc()
         raise RequestRejected(503, "store_unavailable", str(exc), {"Retry-After": "5"}) from None
     finally:
         if arrival is not None:
@@ -182,11 +210,14 @@ async def store_prepared(
     try:
         results = await asyncio.wrap_future(future)
     except StoreFull as exc:
+        metrics.store_errors.labels("disk_full").inc()
         log.debug("disk full: %s", exc)  # the store logs each disk-full episode once
         raise RequestRejected(507, "disk_full", f"the store's disk is full: {exc}") from None
     except StoreUnavailable as exc:
-        log.error("store unavailable: %s", exc)
+        metrics.store_errors.labels("unavailable").inc()
+        _unavailable.failed(exc)
         raise RequestRejected(503, "store_unavailable", str(exc), {"Retry-After": "5"}) from None
+    _unavailable.succeeded()
     duplicates = sum(1 for r in results if r.duplicate)
     metrics.received.inc(len(results))
     metrics.stored.inc(len(results) - duplicates)
@@ -247,14 +278,25 @@ async def receive_events(request: Request) -> JSONResponse:
         instance = request_instance(request)
         received_at = int(time.time() * 1000)
 
+        max_events, max_cost, limits = event_limits(request.app.state.settings)
+
         def prepare() -> list[PreparedEvent]:
             try:
-                incoming = decode_body(body)
+                incoming = decode_body(body, max_events=max_events, max_cost=max_cost, limits=limits)
+            except TooMuch as exc:
+                raise RequestRejected(413, exc.reason, str(exc)) from None
             except DecodeError as exc:
                 raise RequestRejected(400, exc.reason, str(exc)) from None
-            return [ingestor.prepare(e, received_at=received_at, instance=instance) for e in incoming]
+            out = []
+            for number, e in enumerate(incoming):
+                try:
+                    out.append(ingestor.prepare(e, received_at=received_at, instance=instance))
+                except RecursionError:
+                    raise RequestRejected(400, "invalid_json", too_deep(number)) from None
+            return out
 
         prepared = await run_in_threadpool(prepare) if len(body) > _THREAD_THRESHOLD else prepare()
+        hold_events(reservation, prepared)
         answer = await store_prepared(request, prepared, arrival)
     except RequestRejected as exc:
         metrics.rejected.labels(exc.reason).inc()

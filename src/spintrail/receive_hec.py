@@ -19,7 +19,9 @@ a token of ``hec_tokens`` or an API token with the ingest role.
 Errors answer with Splunk's codes: 2 token required and 3 invalid authorization (401), 4 invalid token
 (403), 5 no data, 6 invalid data format with ``invalid-event-number``, 12 event field required, 13 event
 field blank, 15 bad indexed fields (400), 9 server busy (503, the store cannot take the events now;
-``Retry-After`` is set). Each error body also has a ``detail`` naming the problem. ``/services/collector/ack``
+``Retry-After`` is set). A body refused before it is decoded keeps the HTTP status that says why, with
+code 6: 413 over ``max_body_bytes`` or ``max_events_per_request``, 415 an unsupported encoding, 408 too
+slow. Each error body also has a ``detail`` naming the problem. ``/services/collector/ack``
 answers code 14 (ACK is disabled): an answer here already means committed.
 """
 
@@ -34,10 +36,19 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from spintrail.decode import DecodeError, IncomingEvent, decode_body
+from spintrail.decode import DecodeError, IncomingEvent, decode_body, event_cost, storable_text
 from spintrail.ingest import Ingestor
 from spintrail.metrics import Metrics
-from spintrail.receive import RequestRejected, read_body, request_instance, store_prepared
+from spintrail.receive import (
+    RequestRejected,
+    event_limits,
+    hold_events,
+    read_body,
+    request_instance,
+    request_reservation,
+    store_prepared,
+    too_deep,
+)
 from spintrail.splunk import HEC_CODES, HecError, parse_hec_events
 from spintrail.store import PreparedEvent
 from spintrail.store.base import Arrival
@@ -53,6 +64,8 @@ _THREAD_THRESHOLD = 256 * 1024
 _WS = " \t\n\r"
 _JSON = json.JSONDecoder()
 _INSTANCE_FIELDS = ("spinnaker_instance", "instance")
+#: Seconds a client is asked to wait before retrying a 503 that carries no estimate of its own.
+RETRY_AFTER = "5"
 
 
 def hec_answer(error: HecError, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -60,6 +73,16 @@ def hec_answer(error: HecError, headers: dict[str, str] | None = None) -> JSONRe
     if error.detail:
         body["detail"] = error.detail
     return JSONResponse(body, status_code=error.status, headers=headers)
+
+
+def hec_refusal(exc: RequestRejected) -> JSONResponse:
+    """A request refused before its body was decoded, answered with a HEC code: 9 (Server is busy, with
+    ``Retry-After``) for a 503 so clients retry later, else 6 (Invalid data format) with the HTTP status
+    that says what is wrong (413 too large, 415 unsupported encoding, 408 too slow)."""
+    if exc.status == 503:
+        headers = {**exc.headers, "Retry-After": exc.headers.get("Retry-After", RETRY_AFTER)}
+        return hec_answer(HecError(9, detail=exc.message), headers)
+    return hec_answer(HecError(6, 0, exc.message, status=exc.status), exc.headers)
 
 
 def _skip(text: str, pos: int) -> int:
@@ -104,24 +127,32 @@ def _instance_field(obj: dict[str, Any]) -> str | None:
     for key in _INSTANCE_FIELDS:
         value = fields.get(key)
         if isinstance(value, str) and value.strip():
-            return value.strip()
+            return storable_text(value.strip())
     return None
 
 
-def hec_events(body: bytes) -> list[tuple[IncomingEvent, str | None]]:
+def hec_events(
+    body: bytes, *, max_events: int | None = None, max_cost: int | None = None, limits: str = ""
+) -> list[tuple[IncomingEvent, str | None]]:
     """The echo event of every HEC object in ``body`` with the instance its ``fields`` name.
 
     Raises :class:`HecError` as Splunk would answer, and code 6 with the object's number when its
-    ``event`` is not an echo event.
+    ``event`` is not an echo event; code 6 with HTTP 413 beyond ``max_events`` events or once their
+    ``event_cost`` passes ``max_cost`` (``receive.event_limits``).
     """
-    objects = parse_hec_events(body)
+    objects = parse_hec_events(body, max_events=max_events, limits=limits)
     text = body.decode("utf-8")
-    spans = event_spans(text)
+    try:
+        spans = event_spans(text)
+    except RecursionError:  # the parse above just managed, one call deeper it does not
+        raise HecError(6, 0, "the body is nested too deeply") from None
     out: list[tuple[IncomingEvent, str | None]] = []
+    cost = 0
     for number, (obj, span) in enumerate(zip(objects, spans, strict=True)):
         value = obj["event"]
         if isinstance(value, str) or span is None:
-            data = value.encode("utf-8") if isinstance(value, str) else json.dumps(value).encode()
+            # A string event is its text; an escaped lone surrogate in it cannot be encoded: U+FFFD.
+            data = storable_text(value).encode() if isinstance(value, str) else json.dumps(value).encode()
         else:
             data = text[span[0] : span[1]].encode("utf-8")
         try:
@@ -133,6 +164,15 @@ def hec_events(body: bytes) -> list[tuple[IncomingEvent, str | None]]:
                 6, number, f"event {number} holds {len(found)} echo events; send one echo event per HEC event"
             )
         out.append((found[0], _instance_field(obj)))
+        cost += event_cost(len(data))
+        if max_cost is not None and cost > max_cost:
+            raise HecError(
+                6,
+                number,
+                f"the first {number + 1} events would take about {cost} bytes of memory, more than one "
+                f"request may take ({max_cost}{limits}): send them in several requests",
+                status=413,
+            )
     return out
 
 
@@ -156,28 +196,33 @@ async def _receive_hec(request: Request, ingestor: Ingestor, arrival: Arrival) -
             if exc.status == 400:
                 raise HecError(6, 0, exc.message) from None
             metrics.rejected.labels(f"hec_{exc.reason}").inc()
-            return JSONResponse({"text": exc.message}, exc.status)
+            return hec_refusal(exc)
         instance = request_instance(request)
+        max_events, max_cost, limits = event_limits(settings)
 
         def prepare() -> list[PreparedEvent]:
-            found = hec_events(body)
+            found = hec_events(body, max_events=max_events, max_cost=max_cost, limits=limits)
             now = int(time.time() * 1000)
-            return [
-                ingestor.prepare(incoming, received_at=now, instance=instance or from_fields)
-                for incoming, from_fields in found
-            ]
+            out = []
+            for number, (incoming, from_fields) in enumerate(found):
+                try:
+                    out.append(ingestor.prepare(incoming, received_at=now, instance=instance or from_fields))
+                except RecursionError:
+                    raise HecError(6, number, too_deep(number)) from None
+            return out
 
         prepared = await run_in_threadpool(prepare) if len(body) > _THREAD_THRESHOLD else prepare()
         try:
+            hold_events(request_reservation(request), prepared)
             await store_prepared(request, prepared, arrival)
         except RequestRejected as exc:
             metrics.rejected.labels(f"hec_{exc.reason}").inc()
             if exc.status == 403:  # the token may not send events of these applications
                 return hec_answer(HecError(4, detail=exc.message))
-            log.warning("HEC request not stored: %s", exc.message)
+            if exc.status != 503:  # 503s are logged where they arise, once per interval
+                log.warning("HEC request not stored: %s", exc.message)
             busy = HecError(9, detail=exc.message)
-            headers = {"Retry-After": exc.headers.get("Retry-After", "5")}
-            return hec_answer(busy, headers)
+            return hec_answer(busy, {"Retry-After": exc.headers.get("Retry-After", RETRY_AFTER)})
     except HecError as exc:
         metrics.rejected.labels(f"hec_code_{exc.code}").inc()
         return hec_answer(exc)
@@ -213,7 +258,7 @@ async def hec_health(request: Request) -> JSONResponse:
     try:
         await run_in_threadpool(store.ping)
     except Exception as exc:
-        return hec_answer(HecError(9, detail=str(exc)))
+        return hec_answer(HecError(9, detail=str(exc)), {"Retry-After": RETRY_AFTER})
     return JSONResponse({"text": HEC_CODES[17][1], "code": 17})
 
 

@@ -26,9 +26,11 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from spintrail import dbutil
 from spintrail.settings import Settings
 
 log = logging.getLogger(__name__)
+_busy_log = dbutil.Throttled(log, "accepting a request")
 
 #: Exit status when the shutdown watchdog had to end the process.
 WATCHDOG_EXIT = 3
@@ -55,6 +57,14 @@ def protocol_class(settings: Settings) -> type[asyncio.Protocol]:
         _header_timer: asyncio.TimerHandle | None = None
         _armed_for: Any = None
         _header_bytes = 0
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # uvicorn's own answer beyond max_connections is a bare 503 without Retry-After, which neither
+            # echo nor Splunk clients read as "come back later": the limit is applied here instead.
+            limit, self.limit_concurrency = self.limit_concurrency, None
+            if limit is not None:
+                self.app = _concurrency_limited(self.app, self, limit)
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -124,6 +134,40 @@ def protocol_class(settings: Settings) -> type[asyncio.Protocol]:
                 raise ValueError("request headers are too large")  # httptools answers 400 and closes
 
     return GuardedProtocol
+
+
+#: Seconds a client refused for too many connections is asked to wait.
+BUSY_RETRY_AFTER = b"1"
+_BUSY_BODY = (
+    b'{"error":"overloaded","message":"too many connections at once (max_connections); retry shortly"}'
+)
+
+
+def _concurrency_limited(app: Any, protocol: Any, limit: int) -> Any:
+    """``app`` answering 503 with ``Retry-After`` (and HEC's code 9 on the Splunk-compatible routes) while
+    ``limit`` connections are open or requests running, as uvicorn's ``limit_concurrency`` would."""
+
+    async def limited(scope: Any, receive: Any, send: Any) -> None:
+        # This request's task is already counted; its connection too, as in uvicorn's own check.
+        busy = len(protocol.connections) >= limit or len(protocol.tasks) > limit
+        if scope["type"] != "http" or not busy:
+            await app(scope, receive, send)
+            return
+        _busy_log.failed(RuntimeError(f"{limit} connections or requests at once (max_connections)"))
+        if scope.get("path", "").startswith("/services/collector"):
+            body = b'{"text":"Server is busy","code":9}'
+        else:
+            body = _BUSY_BODY
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"retry-after", BUSY_RETRY_AFTER),
+            (b"connection", b"close"),
+        ]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    return limited
 
 
 def _peer(protocol: Any) -> str:

@@ -69,6 +69,14 @@ class Settings(BaseSettings):
         description="Most events waiting to be committed. When the queue is full, ingest answers 503 "
         "with Retry-After so echo retries later.",
     )
+    max_events_per_request: int = Field(
+        10000,
+        ge=1,
+        description="Most events one ingest request may hold (on both ingest routes); more get 413. Each "
+        "event is also counted in memory (about 2 KiB plus twice its size) against twice `max_body_bytes`, "
+        "so a body of countless tiny events is refused (413) before it is all decoded. `write_queue_max` "
+        "bounds it too: a request never holds more events than the write queue.",
+    )
     log_level: str = Field("info", description="Log level: debug, info, warning or error.")
     access_log: bool = Field(
         False,

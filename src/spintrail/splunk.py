@@ -49,11 +49,20 @@ class HecError(Exception):
     the failure (for codes that concern one event).
     """
 
-    def __init__(self, code: int, invalid_event_number: int | None = None, detail: str | None = None) -> None:
+    def __init__(
+        self,
+        code: int,
+        invalid_event_number: int | None = None,
+        detail: str | None = None,
+        *,
+        status: int | None = None,
+    ) -> None:
         if code not in HEC_CODES:
             raise ValueError(f"unknown HEC code {code}")
         self.code = code
         self.status, self.text = HEC_CODES[code]
+        if status is not None:  # a status HEC answers with no code of its own (413, 415, 408)
+            self.status = status
         self.invalid_event_number = invalid_event_number
         self.detail = detail
         message = f"HEC code {code} ({self.text})"
@@ -71,12 +80,13 @@ class HecError(Exception):
         return out
 
 
-def parse_hec_events(body: bytes) -> list[dict[str, Any]]:
+def parse_hec_events(body: bytes, *, max_events: int | None = None, limits: str = "") -> list[dict[str, Any]]:
     """Parse a ``/services/collector/event`` request body into its event objects.
 
     Raises :class:`HecError` the way HEC answers: 5 for a body with no event, 6 (with the event number) for
     text that is not a JSON object or has mistyped metadata, 12 when ``event`` is missing, 13 when it is an
-    empty or all-whitespace string or an empty object, 15 when ``fields`` is not an object of flat values.
+    empty or all-whitespace string or an empty object, 15 when ``fields`` is not an object of flat values;
+    code 6 with HTTP 413 beyond ``max_events`` objects (``limits`` names the setting), before parsing more.
     """
     try:
         text = body.decode("utf-8")
@@ -86,10 +96,22 @@ def parse_hec_events(body: bytes) -> list[dict[str, Any]]:
     pos = _skip_ws(text, 0)
     while pos < len(text):
         number = len(events)
+        if max_events is not None and number >= max_events:
+            raise HecError(
+                6,
+                number,
+                f"the body holds more than {max_events} events, the most one request may bring{limits}: "
+                "send them in several requests",
+                status=413,
+            )
         try:
             obj, end = _JSON.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             raise HecError(6, number, f"not JSON: {exc.msg} at character {exc.pos}") from None
+        except RecursionError:
+            raise HecError(6, number, f"the value at character {pos} is nested too deeply") from None
+        except ValueError as exc:  # an integer too long to convert, for one
+            raise HecError(6, number, f"not usable JSON at character {pos}: {exc}") from None
         if not isinstance(obj, dict):
             raise HecError(6, number, f"expected a JSON object, got {type(obj).__name__}")
         _check_envelope(obj, number)

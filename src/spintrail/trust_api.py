@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from spintrail import auth, integrity
-from spintrail.query import FilterError, parse_limit, parse_time
+from spintrail.query import FilterError, parse_limit, parse_time, row_id
 from spintrail.record import AuditRecord
 from spintrail.settings import Settings
 from spintrail.signer_state import SignerRefused
@@ -33,9 +33,10 @@ def _cursor(value: str | None) -> int | None:
     """A page cursor (an id), or ``ValueError``."""
     if value is None or value == "":
         return None
-    if not value.isdigit() or int(value) > MAX_INT:
+    number = row_id(value)
+    if number is None or number > MAX_INT:
         raise ValueError(value)
-    return int(value)
+    return number
 
 
 OPEN_WARNING = (
@@ -86,6 +87,9 @@ def start(
     )
     checkpointer.start()
     app.state.checkpointer = checkpointer
+    metrics = getattr(app.state, "metrics", None)
+    if metrics is not None:
+        metrics.watch_checkpoints(checkpointer)
 
 
 def stop(app: FastAPI) -> None:
@@ -364,8 +368,9 @@ async def list_tokens(request: Request) -> dict[str, Any]:
 
 
 async def _find(store: Store, ref: str) -> AuditRecord | None:
-    if ref.isdigit() and len(ref) <= 18:
-        found = await run_in_threadpool(store.get, int(ref))
+    number = row_id(ref)
+    if number is not None:
+        found = await run_in_threadpool(store.get, number)
         if found is not None:
             return found
     return await run_in_threadpool(store.get_by_event_id, ref)

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from spintrail import integrity, private
 from spintrail.cli import ConfigOpt, DatabaseOpt, FormatOpt, app, err, fail, open_store_or_exit, settings_from
 from spintrail.output import Format, emit
-from spintrail.query import FilterError, parse_limit, parse_time
+from spintrail.query import FilterError, parse_limit, parse_time, row_id
 from spintrail.record import API_FIELDS
 from spintrail.settings import Settings
 from spintrail.signer_state import EXIT_REFUSED, SignerRefused
@@ -410,7 +410,8 @@ def proof(
     signed checkpoint covering it (the database is only read). A third party checks it with
     `spintrail verify-proof BUNDLE --key VERIFIER_KEY`."""
     with _opened(config, database, read_only=True) as o:
-        record = o.store.get(int(event_id)) if event_id.isdigit() and len(event_id) <= 18 else None
+        number = row_id(event_id)
+        record = o.store.get(number) if number is not None else None
         record = record or o.store.get_by_event_id(event_id)
         if record is None:
             raise fail(f"no event with id or event_id {event_id!r}: find it with `spintrail search`", 2)
@@ -500,7 +501,7 @@ def _checkpoint_arg(trust: Trust, arg: str) -> str:
         return p.read_text()
     if arg == "latest":
         cp = trust.log.latest()
-    elif arg.isdigit():
+    elif row_id(arg) is not None:
         cp = trust.log.checkpoint_of_size(int(arg))
     else:
         raise fail(f"{arg!r} is neither a checkpoint file nor the size of a stored checkpoint", 2)

@@ -11,6 +11,7 @@ import asyncio
 import csv
 import io
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
@@ -25,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from spintrail import auth, charts, export, report
 from spintrail.output import cell
-from spintrail.query import FILTER_HELP, FilterError, Filters, parse_limit, parse_time
+from spintrail.query import FILTER_HELP, FilterError, Filters, parse_limit, parse_time, row_id
 from spintrail.record import API_FIELDS, AuditRecord, format_time
 from spintrail.store import Store, StoreUnavailable
 from spintrail.timeline import build_timeline, stage_spans
@@ -193,11 +194,15 @@ def _store(request: Request) -> Store:
 
 
 def _error(request: Request, status: int, message: str, **context: Any) -> HTMLResponse:
-    return render(request, "error.html", status=status, message=message, code=status, **context)
+    page = render(request, "error.html", status=status, message=message, code=status, **context)
+    if status == 503:
+        page.headers["Retry-After"] = "5"
+    return page
 
 
 def api_error(status: int, reason: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": reason, "message": message}, status_code=status)
+    headers = {"Retry-After": "5"} if status == 503 else None
+    return JSONResponse({"error": reason, "message": message}, status_code=status, headers=headers)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -269,8 +274,9 @@ async def search_page(request: Request) -> Response:
 
 
 async def _find(store: Store, ref: str) -> AuditRecord | None:
-    if ref.isdigit():
-        found = await run_in_threadpool(store.get, int(ref))
+    number = row_id(ref)
+    if number is not None:
+        found = await run_in_threadpool(store.get, number)
         if found is not None:
             return found
     return await run_in_threadpool(store.get_by_event_id, ref)
@@ -291,7 +297,9 @@ async def event_page(request: Request, ref: str) -> Response:
     pretty: str | None = None
     if raw is not None and len(raw) <= RAW_DISPLAY_MAX:
         try:
-            pretty = json.dumps(json.loads(raw), indent=2, ensure_ascii=False)
+            pretty = _escape_unencodable(json.dumps(json.loads(raw), indent=2, ensure_ascii=False))
+        except RecursionError:  # deeper than Python nests: shown as received
+            pretty = raw.decode("utf-8", "replace")
         except ValueError:
             pretty = raw.decode("utf-8", "replace")
     return render(
@@ -302,6 +310,14 @@ async def event_page(request: Request, ref: str) -> Response:
         pretty=pretty,
         api=record.to_api(),
     )
+
+
+_UNENCODABLE = re.compile("[\ud800-\udfff]")
+
+
+def _escape_unencodable(text: str) -> str:
+    """Lone surrogates (which UTF-8 cannot encode) written back as the JSON escapes they arrived as."""
+    return _UNENCODABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def _late_ids(records: list[AuditRecord]) -> set[int]:
@@ -434,9 +450,10 @@ async def live_stream(request: Request) -> Response:
         return _bad_request(str(exc))
     store = _store(request)
     start_text = request.headers.get("last-event-id") or _one(params, "after_id")
-    if start_text is not None and not start_text.isdigit():
+    start = row_id(start_text) if start_text is not None else None
+    if start_text is not None and start is None:
         return _bad_request(f"after_id must be a store id (a whole number), not {start_text!r}")
-    after = int(start_text) if start_text is not None else await run_in_threadpool(store.last_id)
+    after = start if start is not None else await run_in_threadpool(store.last_id)
     row = _ENV.get_template("_row.html")
 
     async def events() -> AsyncIterator[str]:
