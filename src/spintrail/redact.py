@@ -59,28 +59,14 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from spintrail.secret_rules import KEY_RULES
+
 __all__ = ["DEFAULT_SECRET_KEY_PATTERNS", "HASH_PREFIX", "Redactor"]
 
 HASH_PREFIX = "hmac-sha256:"
 
-#: Regexes searched (case-insensitively) in the snake_case form of a key.
-DEFAULT_SECRET_KEY_PATTERNS: tuple[str, ...] = (
-    r"pass(word|wd|phrase)",  # password, passwd, passphrase, db_password
-    r"(^|_)pwd(_|$)",
-    r"secret",  # secret, client_secret, secret_access_key, webhook_secret
-    r"token(_|$)",  # token, access_token, githubtoken, x_gitlab_token; not tokenizer / max_tokens
-    r"(^|_)auth$",  # auth, basic_auth (docker config auth, HTTP auth blocks)
-    r"authorization",  # authorization, proxy_authorization
-    r"api_?key",  # api_key, apikey, x_api_key
-    r"private_?key",  # private_key, privatekey, ssh_private_key
-    r"access_?key",  # access_key, secret_access_key (access_key_id is exempt: ends in "id")
-    r"(signing|encryption|master)_key",
-    r"credentials?$",  # credential(s): see the account-name rule
-    r"hub_signature",  # x_hub_signature, x_hub_signature_256
-    r"cookie",  # cookie, set_cookie, cookies
-    r"(^|_)jwt(_|$)",
-    r"connection_?string",
-)
+#: Regexes searched (case-insensitively) in the snake_case form of a key (``secret_rules.KEY_RULES``).
+DEFAULT_SECRET_KEY_PATTERNS: tuple[str, ...] = tuple(rule.pattern for rule in KEY_RULES)
 
 #: A default-pattern match is ignored when the key's last word (trailing numbers dropped) is one of these:
 #: the value names, points at, counts or describes a secret instead of being one.
@@ -551,70 +537,12 @@ class Redactor:
     # ------------------------------------------------------------------ free text
 
     def redact_text(self, text: str) -> str:
-        """Hash the secret part of ``Authorization: Bearer xxx``, ``password=xxx``, URL user-info and
-        similar patterns in free text; everything else is returned unchanged."""
+        """Free text with the secret part of every value rule's match (``secret_rules.VALUE_RULES``:
+        private keys, credentials in URLs, tokens, ``password=...``, ``Authorization: Bearer ...``)
+        replaced; everything else is returned unchanged."""
         return self._redact_text_count(text)[0]
 
     def _redact_text_count(self, text: str) -> tuple[str, int]:
-        total = 0
-        for pattern in _TEXT_RULES:
-            text, n = pattern.subn(self._replace_text_secret, text)
-            total += n
-        return text, total
+        from spintrail.secretscan import scrub_text
 
-    def _replace_text_secret(self, match: re.Match[str]) -> str:
-        for group in ("s", "dq", "sq", "bare"):
-            secret = match.groupdict().get(group)
-            if secret:
-                start, end = match.span(group)
-                base = match.start(0)
-                whole = match.group(0)
-                return whole[: start - base] + self.hash_value(secret) + whole[end - base :]
-        return match.group(0)
-
-
-_NOT_HASHED = r"(?!hmac-sha256:)"
-
-#: Applied in order; the secret is the named group ``s`` (or ``dq``/``sq``/``bare`` for key=value). Later
-#: rules skip values earlier ones already replaced (the ``hmac-sha256:`` look-ahead); possessive quantifiers
-#: stop a rule from backtracking onto a value that is already hashed.
-_TEXT_RULES: tuple[re.Pattern[str], ...] = (
-    # Authorization: Bearer xxx / "authorization": "Basic xxx" / Proxy-Authorization=xxx
-    re.compile(
-        r"\b(?:proxy-)?authorization[\"']?+\s*+[:=]\s*+[\"']?+"
-        r"(?:(?:bearer|basic|token|splunk|digest|negotiate|apikey|sso-key)\s++)?+"
-        + _NOT_HASHED
-        + r"(?P<s>[^\s\"',;]+)",
-        re.IGNORECASE,
-    ),
-    # Cookie: a=b; c=d (the whole header value)
-    re.compile(
-        r"\b(?:set-)?cookie[\"']?+\s*+:\s*+[\"']?+" + _NOT_HASHED + r"(?P<s>[^\r\n\"']+)", re.IGNORECASE
-    ),
-    # X-Hub-Signature: sha1=..., X-Hub-Signature-256: sha256=..., X-Slack-Signature: v0=...
-    re.compile(
-        r"(?<![\w-])[\w-]*?signature(?:-256)?+[\"']?+\s*+[:=]\s*+[\"']?+"
-        + _NOT_HASHED
-        + r"(?P<s>[^\s\"',;]+)",
-        re.IGNORECASE,
-    ),
-    # Bearer xxx anywhere
-    re.compile(r"\bbearer\s++" + _NOT_HASHED + r"(?P<s>[A-Za-z0-9\-._~+/]+=*)", re.IGNORECASE),
-    # key=value, key: value, "key": "value" where the key ends in a secret word (not tokenizer=, token_count=)
-    re.compile(
-        r"(?<![\w.-])[\w.-]*?(?:password|passwd|pwd|passphrase|secret|token|api[_-]?key|access[_-]?key"
-        r"|private[_-]?key)[\"']?+\s*+[:=]\s*+"
-        r"(?:\""
-        + _NOT_HASHED
-        + r"(?P<dq>[^\"]+)\"|'"
-        + _NOT_HASHED
-        + r"(?P<sq>[^']+)'|"
-        + _NOT_HASHED
-        + r"(?!(?:null|true|false)\b)(?P<bare>[^\s&;,\"'<>]+))",
-        re.IGNORECASE,
-    ),
-    # scheme://user:password@host
-    re.compile(
-        r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*+://[^/\s:@]++:" + _NOT_HASHED + r"(?P<s>[^@\s/]+)@", re.IGNORECASE
-    ),
-)
+        return scrub_text(text, self)
