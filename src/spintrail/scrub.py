@@ -56,6 +56,18 @@ def serialize(event: Any) -> bytes:
         return json.dumps(event, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
+def _same_shape(event: Any, redacted: Any) -> bool:
+    """Whether the bytes as received parse to the event as decoded (``details`` and ``content`` may arrive
+    as JSON strings that the decoder parses)."""
+    if type(event) is not type(redacted):
+        return False
+    if not isinstance(event, dict):
+        return True
+    return event.keys() == redacted.keys() and all(
+        type(event.get(k)) is type(redacted.get(k)) for k in ("details", "content")
+    )
+
+
 class Scrubber:
     """Redacts events and free text with one installation's key, and applies the ``raw_events`` choice."""
 
@@ -90,28 +102,51 @@ class Scrubber:
         When nothing in the event (nor in ``raw``) is reported by any rule, the event is returned as it is
         and the bytes as received are kept, with ``redact`` too: nothing in them is secret.
         """
+        if not self._always_walk and raw:
+            # Echo's bytes as they are: scanned, and redacted, without writing the event again. Escapes
+            # (\u, \/, \") could hide a word from the rules or hold a flattened JSON document the event has
+            # parsed: with any, the event is written again and that is scanned.
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                text = ""
+            hits = secretscan.scan_hits(text) if text else [(secretscan.ESCAPE, 0, 0)]
+            if not hits:
+                return self._scrubbed(event, raw, raw, 0, set())
+            if all(h[0] != secretscan.ESCAPE for h in hits):
+                done = secretscan.scrub_json(text, self.redactor, hits)
+                if not done.replaced:
+                    return self._scrubbed(event, raw, raw, 0, secretscan.hashes_in(text) | done.extra_hashes)
+                new = done.text.encode("utf-8")
+                try:
+                    redacted_event = orjson.loads(new)
+                except orjson.JSONDecodeError:  # integers beyond 64 bits: the long way
+                    redacted_event = None
+                if redacted_event is not None and _same_shape(event, redacted_event):
+                    hashes = secretscan.hashes_in(done.text) | done.extra_hashes
+                    return self._scrubbed(redacted_event, raw, new, done.replaced, hashes)
         serialized = serialize(event)
         text = serialized.decode("utf-8", "surrogatepass")
-        extras: set[str] = set()
+        hits = None
+        replaced = 0
         if self._always_walk:
             redacted, replaced = self.redactor.redact(event)
             text = serialize(redacted).decode("utf-8", "surrogatepass")
-        else:
-            replaced = 0
-        done = secretscan.scrub_json(text, self.redactor)
+            hits = None
+        done = secretscan.scrub_json(text, self.redactor, hits)
         replaced += done.replaced
-        extras |= done.extra_hashes
         if not replaced:
             # The bytes as received, unless they hold what the event as decoded does not show.
             clean = raw == serialized or not raw or not secretscan.scan_hits(raw.decode("utf-8", "replace"))
             kept = raw if clean else serialized
-            return self._scrubbed(event, raw, kept, 0, secretscan.hashes_in(text) | extras)
+            return self._scrubbed(event, raw, kept, 0, secretscan.hashes_in(text) | done.extra_hashes)
         new = done.text.encode("utf-8", "surrogatepass")
         try:
             redacted_event = orjson.loads(new)
         except orjson.JSONDecodeError:  # integers beyond 64 bits, lone surrogates
             redacted_event = json.loads(done.text)
-        return self._scrubbed(redacted_event, raw, new, replaced, secretscan.hashes_in(done.text) | extras)
+        hashes = secretscan.hashes_in(done.text) | done.extra_hashes
+        return self._scrubbed(redacted_event, raw, new, replaced, hashes)
 
     def _scrubbed(
         self, event: dict[str, Any], raw: bytes, redacted: bytes, replaced: int, hashes: set[str]

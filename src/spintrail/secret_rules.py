@@ -12,8 +12,9 @@ a quote inside a string is ``\\"``, as well as plain text).
 ``secretKeyRef``, ``passwordFile``, ``tokenType`` ... as they are.
 
 *Value rules* are found by one Hyperscan database built from their ``trigger`` expressions (the place a
-match starts, reported leftmost-first); each report is then confirmed by the rule's Python ``pattern``,
-matched at the reported start, whose group ``s`` is the secret (the rest of the match, the context that
+match starts, reported leftmost-first, or for ``starts_at_key`` rules the key before a ``:`` or ``=``);
+each report is then confirmed by the rule's Python ``pattern``, matched at that start, whose group ``s``
+is the secret (the rest of the match, the context that
 binds the rule, stays readable). A rule with ``key_group`` also needs that group to be a secret-looking key
 (``password=...`` yes, ``password_file=...`` no). ``index_whole``: the whole match is indexed for
 ``spintrail hash`` too (a webhook URL is looked for whole as often as by its secret part).
@@ -42,6 +43,9 @@ class ValueRule:
     source: str
     key_group: str | None = None  # this group must be a secret-looking key
     index_whole: bool = False
+    #: The trigger ends at the ``:`` or ``=`` after a key, and the match starts where that key starts
+    #: (tracking where a match starts costs Hyperscan more for this rule than all the others together).
+    starts_at_key: bool = False
 
 
 def ci(word: str) -> str:
@@ -307,5 +311,6 @@ VALUE_RULES: tuple[ValueRule, ...] = (
         "key rule decides (password_file=, token_count: are kept)",
         source="gitleaks generic-api-key; detect-secrets KeywordDetector",
         key_group="k",
+        starts_at_key=True,
     ),
 )

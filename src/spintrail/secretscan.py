@@ -48,24 +48,26 @@ _S_NAME_PAIR = 4  # {"name":"DB_PASSWORD" (or ,"name":...)
 _S_K8S_SECRET = 5  # "kind":"Secret"
 _S_RAW_CONTENT = 6
 _S_PIPELINE = 7
+_S_ESCAPE = 8  # \u, \/ or \": bytes as received that the rules may not read as the event they hold
 
-_KEY_BODY = r'[^"\\]{0,100}'
 _KEY_WORD_ALT = "(" + "|".join(ci(w) for w in KEY_WORDS) + ")"
 _KEY_WORD = _KEY_WORD_ALT.replace(".?", r"[^A-Za-z0-9\"\\]?")  # api_key, apiKey, api-key
+_WS = r"[ \t\r\n]*"
 _STRUCTURAL: tuple[tuple[int, str], ...] = (
-    (_S_KEY, '"' + _KEY_BODY + _KEY_WORD + _KEY_BODY + '":'),
+    (_S_KEY, _KEY_WORD + r'[A-Za-z0-9_./ -]*"' + _WS + ":"),
     # Orca writes the account as "credentials": "prod": only other values are worth a look.
     (
         _S_CREDENTIALS,
-        '"' + _KEY_BODY + ci("credential") + '[sS]?":'
-        r'([^"]|"([^"]{65}|[^"]*[^a-z0-9_"-][^"]*"|[-_][^"]*"|[^"]*[-_]"|[0-9a-f]{20,64}"))',
+        ci("credential") + '[sS]?"' + _WS + ":" + _WS
+        + r'([^" \t\r\n]|"([^"]{65}|[^"]*[^a-z0-9_"-][^"]*"|[-_][^"]*"|[^"]*[-_]"|[0-9a-f]{20,64}"))',
     ),
-    (_S_CUSTOM_HEADERS, r'"customHeaders":\{'),
-    (_S_HEADERS, r'"(requestHeaders|headers)":\{'),
-    (_S_NAME_PAIR, r'[{,]"name":"' + _KEY_BODY + _KEY_WORD + _KEY_BODY + '"'),
-    (_S_K8S_SECRET, r'"kind":"Secret"'),
-    (_S_RAW_CONTENT, r'"rawContent":"'),
-    (_S_PIPELINE, r'"pipeline":"e'),
+    (_S_CUSTOM_HEADERS, '"customHeaders"' + _WS + ":" + _WS + r"\{"),
+    (_S_HEADERS, '"(requestHeaders|headers)"' + _WS + ":" + _WS + r"\{"),
+    (_S_NAME_PAIR, '"name"' + _WS + ":" + _WS + r'"[^"\\]*' + _KEY_WORD + r'[^"\\]*"'),
+    (_S_K8S_SECRET, '"kind"' + _WS + ":" + _WS + '"Secret"'),
+    (_S_RAW_CONTENT, '"rawContent"' + _WS + ":" + _WS + '"'),
+    (_S_PIPELINE, '"pipeline"' + _WS + ":" + _WS + '"e'),
+    (_S_ESCAPE, r'\\[u/"]'),
 )
 _NRULES = len(VALUE_RULES)
 _RULE_RE: tuple[re.Pattern[str], ...] = tuple(re.compile(r.pattern) for r in VALUE_RULES)
@@ -92,7 +94,8 @@ class _Database:
             expressions=expressions,
             ids=ids,
             elements=len(expressions),
-            flags=[hyperscan.HS_FLAG_SOM_LEFTMOST] * len(expressions),
+            flags=[0 if r.starts_at_key else hyperscan.HS_FLAG_SOM_LEFTMOST for r in VALUE_RULES]
+            + [0] * len(_STRUCTURAL),
         )
         self._local = threading.local()
 
@@ -116,19 +119,18 @@ def _database() -> _Database:
     return _db
 
 
-Hit = tuple[int, int, int]  # (id, start, end) in characters of the scanned text
-
+Hit = tuple[int, int, int]  # (id, start, end) in characters of the scanned text (start: value rules only)
+#: The report of an escape (``_S_ESCAPE``).
+ESCAPE = _NRULES + _S_ESCAPE
 
 def scan_hits(text: str) -> list[Hit]:
-    """Every report of the database over ``text``, leftmost start first (offsets in characters)."""
+    """Every report of the database over ``text`` (offsets in characters), in text order."""
     data = text.encode("utf-8", "surrogatepass")
     found: list[Hit] = []
     append = found.append
     db = _database()
     db.db.scan(data, match_event_handler=lambda i, s, e, _f, _c: append((i, s, e)), scratch=db.scratch())
-    if not found:
-        return found
-    if len(data) != len(text):  # non-ASCII: byte offsets to character offsets
+    if found and len(data) != len(text):  # non-ASCII: byte offsets to character offsets
         cache: dict[int, int] = {}
 
         def char(off: int) -> int:
@@ -138,9 +140,7 @@ def scan_hits(text: str) -> list[Hit]:
             return got
 
         found = [(i, char(s), char(e)) for i, s, e in found]
-    # One report per (rule, start): with several ends the Python expression decides the extent.
-    unique = {(s, i): e for i, s, e in found}
-    return [(i, s, e) for (s, i), e in sorted(unique.items())]
+    return found
 
 
 class Outcome:
@@ -155,25 +155,61 @@ class Outcome:
 
 
 def scrub_json(text: str, redactor: Redactor, hits: list[Hit] | None = None) -> Outcome:
-    """Redact the compact JSON ``text`` of a value (``hits``: its scan, when already done)."""
+    """Redact the JSON ``text`` of a value (``hits``: its scan, when already done)."""
     if hits is None:
         hits = scan_hits(text)
     extras: set[str] = set()
     if not hits:
         return Outcome(text, 0, extras)
     replaced = 0
-    if any(i >= _NRULES for i, _, _ in hits):
-        new, replaced, full = _structural(text, hits, redactor, extras)
+    hits = [h for h in hits if h[0] != ESCAPE]
+    if not hits:
+        return Outcome(text, 0, extras)
+    if any(h[0] >= _NRULES for h in hits):
+        splices, full = _structural(text, hits, redactor, extras)
         if full:
             value = json.loads(text)
             _k8s_secret_decoded(value, redactor, extras)
             redacted, replaced = redactor.redact(value)
-            new = _dumps(redacted)
-        if new != text:
-            text = new
+            text = _dumps(redacted)
             hits = scan_hits(text)
+        elif splices:
+            text, hits, replaced = _apply(text, hits, splices)
     text, n = _values(text, hits, redactor, extras)
     return Outcome(text, replaced + n, extras)
+
+
+Splice = tuple[int, int, str, int]
+
+
+def _apply(text: str, hits: list[Hit], splices: list[Splice]) -> tuple[str, list[Hit], int]:
+    """``text`` with the splices made, and the value-rule reports moved with it: those in untouched
+    text shift, those in a replaced value are found again by scanning its new text alone."""
+    out: list[str] = []
+    moved: list[Hit] = []
+    cursor = 0
+    shift = 0
+    count = 0
+    # By end (rules whose start Hyperscan does not track report 0 as their start).
+    value_hits = sorted((e, s, i) for i, s, e in hits if i < _NRULES)
+    k = 0
+    for start, end, new, n in splices:
+        while k < len(value_hits) and value_hits[k][0] <= start:
+            e, s, i = value_hits[k]
+            moved.append((i, s + shift if s else 0, e + shift))
+            k += 1
+        while k < len(value_hits) and value_hits[k][0] <= end:
+            k += 1  # inside the replaced value: its new text is scanned instead
+        out.append(text[cursor:start])
+        at = start + shift
+        moved.extend((i, s + at if s else 0, e + at) for i, s, e in scan_hits(new) if i < _NRULES)
+        out.append(new)
+        shift += len(new) - (end - start)
+        cursor = end
+        count += n
+    moved.extend((i, s + shift if s else 0, e + shift) for e, s, i in value_hits[k:])
+    out.append(text[cursor:])
+    return "".join(out), moved, count
 
 
 def scrub_text(text: str, redactor: Redactor) -> tuple[str, int]:
@@ -200,47 +236,49 @@ def _unescape(raw: str) -> str:
 # --------------------------------------------------------------------------------------------- structure
 
 
-def _structural(text: str, hits: list[Hit], redactor: Redactor, extras: set[str]) -> tuple[str, int, bool]:
-    """Step 1: the places a key or known place makes secret. The new text, values replaced, and whether
-    the whole event needs the ``Redactor``'s walk instead."""
+def _structural(
+    text: str, hits: list[Hit], redactor: Redactor, extras: set[str]
+) -> tuple[list[tuple[int, int, str, int]], bool]:
+    """Step 1: the places a key or known place makes secret, as splices ``(start, end, new text, values
+    replaced)`` in text order; and whether the whole value needs the ``Redactor``'s walk instead."""
     from spintrail import redact as r
 
-    out: list[str] = []
+    splices: list[tuple[int, int, str, int]] = []
     cursor = 0
-    count = 0
-    for i, start, end in hits:
-        if i < _NRULES or start < cursor:
-            continue
+    for i, _, end in sorted((h for h in hits if h[0] >= _NRULES), key=lambda h: h[2]):
         kind = i - _NRULES
         if kind == _S_K8S_SECRET:
-            return text, 0, True
+            return [], True
+        start = _start(text, kind, end)
+        if start < cursor:
+            continue
         if kind in (_S_KEY, _S_CREDENTIALS):
-            if start == 0 or text[start - 1] not in "{,":
+            if start <= 0 or text[_back_ws(text, start)] not in "{,":
                 continue  # inside a string (an escaped quote), not a key
-            key = _unescape(text[start + 1 : end - 2])
+            colon = text.index(":", text.index('"', start + 1))
+            key = _unescape(text[start + 1 : text.rindex('"', start, colon)])
             if redactor._classify(key) == r._PLAIN:
                 continue
-            value, vend = _DECODER.raw_decode(text, end)
+            vstart = _skip_ws(text, colon + 1)
+            value, vend = _DECODER.raw_decode(text, vstart)
             if redactor._decide(key, value, r._CTX_NORMAL, False) != r._SECRET:
                 continue
             if isinstance(value, list):
                 new, n = redactor._walk(value, r._CTX_SECRET_VALUE)
             else:
                 new, n = redactor._secret_scalar_or_object(value)
-            vstart = end
         elif kind in (_S_CUSTOM_HEADERS, _S_HEADERS):
             vstart = end - 1
             value, vend = _DECODER.raw_decode(text, vstart)
             ctx = r._CTX_ALL_SECRET if kind == _S_CUSTOM_HEADERS else r._CTX_HEADERS
             new, n = redactor._walk(value, ctx)
         elif kind == _S_NAME_PAIR:
-            name_end = text.index('"', text.index(':"', start) + 2)
-            name = _unescape(text[text.index(':"', start) + 2 : name_end])
+            name = _DECODER.raw_decode(text, text.rindex('"', 0, end - 1))[0]
             if redactor._classify(name) != r._SECRET:
                 continue
-            if text[start] != "{":
-                return text, 0, True  # "name" is not the first key: let the walk find its object
-            vstart = start
+            vstart = _back_ws(text, start)
+            if text[vstart] != "{":
+                return [], True  # "name" is not the first key: let the walk find its object
             value, vend = _DECODER.raw_decode(text, vstart)
             new, n = redactor.redact(value)
         elif kind == _S_RAW_CONTENT:
@@ -252,14 +290,44 @@ def _structural(text: str, hits: list[Hit], redactor: Redactor, extras: set[str]
             value, vend = _DECODER.raw_decode(text, vstart)
             new, n = _base64_pipeline(value, redactor, extras)
         if n:
-            out.append(text[cursor:vstart])
-            out.append(_dumps(new))
+            splices.append((vstart, vend, _dumps(new), n))
             cursor = vend
-            count += n
-    if not count:
-        return text, 0, False
-    out.append(text[cursor:])
-    return "".join(out), count, False
+    return splices, False
+
+
+_CREDENTIAL_KEY = re.compile(r'(?i:credentials?)"')
+
+
+def _back_ws(text: str, at: int) -> int:
+    """The position of the last character before ``at`` that is not whitespace."""
+    at -= 1
+    while at > 0 and text[at] in " \t\r\n":
+        at -= 1
+    return at
+
+
+def _skip_ws(text: str, at: int) -> int:
+    while text[at] in " \t\r\n":
+        at += 1
+    return at
+
+
+def _start(text: str, kind: int, end: int) -> int:
+    """Where the place a structural report ends at ``end`` starts (-1: not one after all)."""
+    if kind == _S_NAME_PAIR:
+        return text.rfind('"name"', 0, end)
+    if kind == _S_CREDENTIALS:
+        keys = list(_CREDENTIAL_KEY.finditer(text, max(0, end - 300), end))
+        if not keys:
+            return -1
+        close = keys[-1].end() - 1
+    elif kind == _S_KEY:
+        close = text.rindex('"', 0, end)
+    else:
+        return end  # a literal place: where it ends will do
+    # a key: its opening quote (a key holding an escaped quote is not looked into)
+    at = text.rfind('"', 0, close)
+    return at if at > 0 and text[at - 1] != "\\" else -1
 
 
 def _embedded_document(value: str, redactor: Redactor, extras: set[str]) -> tuple[str, int]:
@@ -329,6 +397,44 @@ def _k8s_secret_decoded(value: Any, redactor: Redactor, extras: set[str]) -> Non
 # --------------------------------------------------------------------------------------------- values
 
 
+_STARTS_AT_KEY = tuple(r.starts_at_key for r in VALUE_RULES)
+_KEY_CHAR = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+def _key_start(text: str, end: int) -> int:
+    """Where the key before the ``:`` or ``=`` at ``end - 1`` starts (past a quote and blanks)."""
+    at = end - 2
+    while at >= 0 and text[at] in " \t":
+        at -= 1
+    if at >= 0 and text[at] == "'":
+        at -= 1
+    elif at >= 1 and text[at] == '"' and text[at - 1] == "\\":
+        at -= 2
+    while at >= 0 and text[at] in _KEY_CHAR:
+        at -= 1
+    return at + 1
+
+
+def _matches(text: str, hits: list[Hit]) -> list[tuple[int, re.Match[str]]]:
+    """The confirmed matches of the value rules reported, by start: each rule's expression is matched
+    where Hyperscan saw the rule's trigger start."""
+    found: list[tuple[int, int, re.Match[str]]] = []
+    seen: set[tuple[int, int]] = set()
+    for i, start, end in hits:
+        if i >= _NRULES:
+            continue
+        if _STARTS_AT_KEY[i]:
+            start = _key_start(text, end)
+        if (i, start) in seen:
+            continue
+        seen.add((i, start))
+        m = _RULE_RE[i].match(text, start)
+        if m is not None:
+            found.append((start, i, m))
+    found.sort(key=lambda f: (f[0], f[1]))
+    return [(i, m) for _, i, m in found]
+
+
 def _values(text: str, hits: list[Hit], redactor: Redactor, extras: set[str]) -> tuple[str, int]:
     """Step 2: every confirmed value-rule match has its secret group replaced by its hash."""
     from spintrail import redact as r
@@ -336,13 +442,10 @@ def _values(text: str, hits: list[Hit], redactor: Redactor, extras: set[str]) ->
     out: list[str] = []
     cursor = 0
     count = 0
-    for i, start, _end in hits:
-        if i >= _NRULES or start < cursor:
+    for i, m in _matches(text, hits):
+        if m.start() < cursor:
             continue
         rule: ValueRule = VALUE_RULES[i]
-        m = _RULE_RE[i].match(text, start)
-        if m is None:
-            continue
         group = next(g for g in _SECRET_GROUPS if g in m.re.groupindex and m.group(g) is not None)
         gstart, gend = m.span(group)
         secret = _unescape(text[gstart:gend])
