@@ -77,9 +77,11 @@ KEY_RULES: tuple[KeyRule, ...] = (
 
 #: Words any secret-looking key contains, for the Hyperscan triggers over JSON keys (a superset of
 #: ``KEY_RULES``: the exact decision is ``redact.py``'s, on the key).
+#: ``credential(s)`` and a final ``auth`` have triggers of their own (most ``credentials`` are account names,
+#: most keys starting with ``auth`` are ``authentication``).
 KEY_WORDS: tuple[str, ...] = (
-    "pass", "pwd", "pw", "secret", "token", "auth", "api.?key", "private.?key", "ssh.?key", "access.?key",
-    "key.?data", "signing.?key", "encryption.?key", "master.?key", "credential", "signature", "cookie",
+    "pass", "pwd", "pw", "secret", "token", "authorization", "api.?key", "private.?key", "ssh.?key",
+    "access.?key", "key.?data", "signing.?key", "encryption.?key", "master.?key", "signature", "cookie",
     "jwt", "connection.?string",
 )  # fmt: skip
 

@@ -49,6 +49,7 @@ _S_K8S_SECRET = 5  # "kind":"Secret"
 _S_RAW_CONTENT = 6
 _S_PIPELINE = 7
 _S_ESCAPE = 8  # \u, \/ or \": bytes as received that the rules may not read as the event they hold
+_S_AUTH_KEY = 9  # "basicAuth": a key ending in auth
 
 _KEY_WORD_ALT = "(" + "|".join(ci(w) for w in KEY_WORDS) + ")"
 _KEY_WORD = _KEY_WORD_ALT.replace(".?", r"[^A-Za-z0-9\"\\]?")  # api_key, apiKey, api-key
@@ -68,6 +69,7 @@ _STRUCTURAL: tuple[tuple[int, str], ...] = (
     (_S_RAW_CONTENT, '"rawContent"' + _WS + ":" + _WS + '"'),
     (_S_PIPELINE, '"pipeline"' + _WS + ":" + _WS + '"e'),
     (_S_ESCAPE, r'\\[u/"]'),
+    (_S_AUTH_KEY, ci("auth") + '"' + _WS + ":"),
 )
 _NRULES = len(VALUE_RULES)
 _RULE_RE: tuple[re.Pattern[str], ...] = tuple(re.compile(r.pattern) for r in VALUE_RULES)
@@ -247,12 +249,14 @@ def _structural(
     cursor = 0
     for i, _, end in sorted((h for h in hits if h[0] >= _NRULES), key=lambda h: h[2]):
         kind = i - _NRULES
+        if kind == _S_ESCAPE:
+            continue
         if kind == _S_K8S_SECRET:
             return [], True
         start = _start(text, kind, end)
         if start < cursor:
             continue
-        if kind in (_S_KEY, _S_CREDENTIALS):
+        if kind in (_S_KEY, _S_CREDENTIALS, _S_AUTH_KEY):
             if start <= 0 or text[_back_ws(text, start)] not in "{,":
                 continue  # inside a string (an escaped quote), not a key
             colon = text.index(":", text.index('"', start + 1))
@@ -285,10 +289,12 @@ def _structural(
             vstart = end - 1
             value, vend = _DECODER.raw_decode(text, vstart)
             new, n = _embedded_document(value, redactor, extras)
-        else:  # _S_PIPELINE
+        elif kind == _S_PIPELINE:
             vstart = end - 2
             value, vend = _DECODER.raw_decode(text, vstart)
             new, n = _base64_pipeline(value, redactor, extras)
+        else:
+            continue
         if n:
             splices.append((vstart, vend, _dumps(new), n))
             cursor = vend
@@ -321,7 +327,7 @@ def _start(text: str, kind: int, end: int) -> int:
         if not keys:
             return -1
         close = keys[-1].end() - 1
-    elif kind == _S_KEY:
+    elif kind in (_S_KEY, _S_AUTH_KEY):
         close = text.rindex('"', 0, end)
     else:
         return end  # a literal place: where it ends will do
