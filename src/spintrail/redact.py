@@ -76,7 +76,8 @@ _SAFE_LAST_WORDS = frozenset(
         "len", "size", "file", "files", "path", "paths", "dir", "url", "uri", "urls", "endpoint", "expiry",
         "expires", "expiration", "expired", "at", "time", "timestamp", "ttl", "age", "policy", "enabled",
         "required", "field", "fields", "hint", "prompt", "label", "description", "format", "mode", "version",
-        "location", "provider", "source", "env", "present", "set", "exists", "valid", "changed",
+        "location", "provider", "source", "env", "present", "set", "exists", "valid", "changed", "arn",
+        "arns",
     }
 )  # fmt: skip
 

@@ -271,6 +271,8 @@ def _structural(
                 new, n = redactor._walk(value, r._CTX_SECRET_VALUE)
             else:
                 new, n = redactor._secret_scalar_or_object(value)
+            if isinstance(value, dict):  # hashed whole: each string in it is looked for on its own too
+                extras.update(redactor.hash_value(v) for v in _strings(value))
         elif kind in (_S_CUSTOM_HEADERS, _S_HEADERS):
             vstart = end - 1
             value, vend = _DECODER.raw_decode(text, vstart)
@@ -369,6 +371,19 @@ def _base64_pipeline(value: str, redactor: Redactor, extras: set[str]) -> tuple[
     if not done.replaced:
         return value, 0
     return base64.b64encode(done.text.encode("utf-8")).decode("ascii"), done.replaced
+
+
+def _strings(value: Any) -> Iterator[str]:
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if node:
+                yield node
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def _dicts(value: Any) -> Iterator[dict[str, Any]]:
