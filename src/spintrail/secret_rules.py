@@ -132,7 +132,7 @@ VALUE_RULES: tuple[ValueRule, ...] = (
     ),
     ValueRule(
         "url-query-secret",
-        trigger=r"[?&][A-Za-z0-9_.-]*" + _HS_SECRET_WORDS + r"[A-Za-z0-9_.-]*=",
+        trigger=r"[?&][A-Za-z0-9_.-]*(" + _HS_SECRET_WORDS + "|" + ci("sig") + r")[A-Za-z0-9_.-]*=",
         pattern=r"[?&](?P<k>" + _KEY_CHARS + r"+)=" + _NOT_REFERENCE + r"(?P<s>[^&#\s\"'\\]+)",
         context="a URL query parameter whose name is secret-looking (?token=, ?jwt=, ?api_key=, &sig=)",
         source="gitleaks generic-api-key keywords; Azure SAS sig=, AWS X-Amz-Signature=",

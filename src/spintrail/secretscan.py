@@ -75,7 +75,7 @@ _NRULES = len(VALUE_RULES)
 _RULE_RE: tuple[re.Pattern[str], ...] = tuple(re.compile(r.pattern) for r in VALUE_RULES)
 _SECRET_GROUPS = ("s", "dq", "sq", "bare")
 #: Query parameters that carry a signature or token under a name the key rules do not know.
-_QUERY_SECRET_KEYS = frozenset({"sig", "signature", "x-amz-signature", "x-goog-signature", "code"})
+_QUERY_SECRET_KEYS = frozenset({"sig", "signature", "x-amz-signature", "x-goog-signature"})
 _HASH_RE = re.compile(r"hmac-sha256:[0-9a-f]{64}")
 
 
@@ -476,6 +476,8 @@ def _values(text: str, hits: list[Hit], redactor: Redactor, extras: set[str]) ->
             kstart = m.start(rule.key_group)
             while kstart > 0 and (text[kstart - 1].isalnum() or text[kstart - 1] in "_.-"):
                 kstart -= 1
+            if kstart > 0 and text[kstart - 1] == ":":
+                continue  # a part of a colon-separated name (arn:...:secret:db-pass), not a key
             key = text[kstart : m.end(rule.key_group)]
             kind = redactor._classify(key)
             if kind == r._PLAIN and not (rule.id == "url-query-secret" and key.lower() in _QUERY_SECRET_KEYS):
