@@ -56,6 +56,22 @@ def serialize(event: Any) -> bytes:
         return json.dumps(event, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
+def _clean(raw: bytes, redactor: Redactor) -> bool:
+    """Whether the rules replace nothing in ``raw`` itself, read as it is: escaped quotes (a flattened
+    document, a quote in a command) hide no word, ``\\u`` and ``\\/`` escapes could."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    hits = secretscan.scan_hits(text)
+    if any(i == secretscan.ESCAPE and text[e - 1] != '"' for i, _, e in hits):
+        return False
+    try:
+        return secretscan.scrub_json(text, redactor, hits).replaced == 0
+    except (ValueError, IndexError):  # not one JSON value (a stretch of a body): look no further
+        return False
+
+
 def _same_shape(event: Any, redacted: Any) -> bool:
     """Whether the bytes as received parse to the event as decoded (``details`` and ``content`` may arrive
     as JSON strings that the decoder parses)."""
@@ -137,8 +153,7 @@ class Scrubber:
         replaced += done.replaced
         if not replaced:
             # The bytes as received, unless they hold what the event as decoded does not show.
-            clean = raw == serialized or not raw or not secretscan.scan_hits(raw.decode("utf-8", "replace"))
-            kept = raw if clean else serialized
+            kept = raw if raw == serialized or not raw or _clean(raw, self.redactor) else serialized
             return self._scrubbed(event, raw, kept, 0, secretscan.hashes_in(text) | done.extra_hashes)
         new = done.text.encode("utf-8", "surrogatepass")
         try:
