@@ -77,10 +77,10 @@ KEY_RULES: tuple[KeyRule, ...] = (
 
 #: Words any secret-looking key contains, for the Hyperscan triggers over JSON keys (a superset of
 #: ``KEY_RULES``: the exact decision is ``redact.py``'s, on the key).
-#: ``credential(s)`` and a final ``auth`` have triggers of their own (most ``credentials`` are account names,
-#: most keys starting with ``auth`` are ``authentication``).
+#: ``credential(s)`` and a final ``auth`` or ``pw`` have triggers of their own (most ``credentials`` are
+#: account names, most keys starting with ``auth`` are ``authentication``, ``keePWaiting`` is no password).
 KEY_WORDS: tuple[str, ...] = (
-    "pass", "pwd", "pw", "secret", "token", "authorization", "api.?key", "private.?key", "ssh.?key",
+    "pass", "pwd", "secret", "token", "authorization", "api.?key", "private.?key", "ssh.?key",
     "access.?key", "key.?data", "signing.?key", "encryption.?key", "master.?key", "signature", "cookie",
     "jwt", "connection.?string",
 )  # fmt: skip

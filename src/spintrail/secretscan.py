@@ -49,7 +49,7 @@ _S_K8S_SECRET = 5  # "kind":"Secret"
 _S_RAW_CONTENT = 6
 _S_PIPELINE = 7
 _S_ESCAPE = 8  # \u, \/ or \": bytes as received that the rules may not read as the event they hold
-_S_AUTH_KEY = 9  # "basicAuth": a key ending in auth
+_S_AUTH_KEY = 9  # "basicAuth", "db_pw": a key ending in auth or pw
 
 _KEY_WORD_ALT = "(" + "|".join(ci(w) for w in KEY_WORDS) + ")"
 _KEY_WORD = _KEY_WORD_ALT.replace(".?", r"[^A-Za-z0-9\"\\]?")  # api_key, apiKey, api-key
@@ -63,13 +63,13 @@ _STRUCTURAL: tuple[tuple[int, str], ...] = (
         + r'([^" \t\r\n]|"([^"]{65}|[^"]*[^a-z0-9_"-][^"]*"|[-_][^"]*"|[^"]*[-_]"|[0-9a-f]{20,64}"))',
     ),
     (_S_CUSTOM_HEADERS, '"customHeaders"' + _WS + ":" + _WS + r"\{"),
-    (_S_HEADERS, '"(requestHeaders|headers)"' + _WS + ":" + _WS + r"\{"),
+    (_S_HEADERS, '"(requestHeaders|headers)"' + _WS + ":" + _WS + r"\{" + _WS + '"'),
     (_S_NAME_PAIR, '"name"' + _WS + ":" + _WS + r'"[^"\\]*' + _KEY_WORD + r'[^"\\]*"'),
     (_S_K8S_SECRET, '"kind"' + _WS + ":" + _WS + '"Secret"'),
     (_S_RAW_CONTENT, '"rawContent"' + _WS + ":" + _WS + '"'),
     (_S_PIPELINE, '"pipeline"' + _WS + ":" + _WS + '"e'),
     (_S_ESCAPE, r'\\[u/"]'),
-    (_S_AUTH_KEY, ci("auth") + '"' + _WS + ":"),
+    (_S_AUTH_KEY, "(" + ci("auth") + "|[^A-Za-z]" + ci("pw") + ")" + '"' + _WS + ":"),
 )
 _NRULES = len(VALUE_RULES)
 _RULE_RE: tuple[re.Pattern[str], ...] = tuple(re.compile(r.pattern) for r in VALUE_RULES)
@@ -77,6 +77,7 @@ _SECRET_GROUPS = ("s", "dq", "sq", "bare")
 #: Query parameters that carry a signature or token under a name the key rules do not know.
 _QUERY_SECRET_KEYS = frozenset({"sig", "signature", "x-amz-signature", "x-goog-signature"})
 _HASH_RE = re.compile(r"hmac-sha256:[0-9a-f]{64}")
+_HASH_ONLY = re.compile(r'"hmac-sha256:[0-9a-f]{64}"')
 
 
 class _Database:
@@ -204,7 +205,8 @@ def _apply(text: str, hits: list[Hit], splices: list[Splice]) -> tuple[str, list
             k += 1  # inside the replaced value: its new text is scanned instead
         out.append(text[cursor:start])
         at = start + shift
-        moved.extend((i, s + at if s else 0, e + at) for i, s, e in scan_hits(new) if i < _NRULES)
+        if not _HASH_ONLY.fullmatch(new):  # a lone hash holds nothing a rule reports
+            moved.extend((i, s + at if s else 0, e + at) for i, s, e in scan_hits(new) if i < _NRULES)
         out.append(new)
         shift += len(new) - (end - start)
         cursor = end
@@ -274,7 +276,7 @@ def _structural(
             if isinstance(value, dict):  # hashed whole: each string in it is looked for on its own too
                 extras.update(redactor.hash_value(v) for v in _strings(value))
         elif kind in (_S_CUSTOM_HEADERS, _S_HEADERS):
-            vstart = end - 1
+            vstart = text.rindex("{", 0, end)
             value, vend = _DECODER.raw_decode(text, vstart)
             ctx = r._CTX_ALL_SECRET if kind == _S_CUSTOM_HEADERS else r._CTX_HEADERS
             new, n = redactor._walk(value, ctx)
