@@ -47,6 +47,11 @@ kept); ``None``, booleans, empty strings and values that are already ``hmac-sha2
 
 The walk is iterative (no recursion limit on deeply nested input), copies the input (it is never mutated),
 keeps key order, and caches the per-key decision, so multi-megabyte events cost one pass.
+
+These are the decisions; finding where they apply is ``secretscan.py``'s compiled scan, which calls them
+for each place it reports and walks a whole event only for a Kubernetes Secret manifest (or with
+``extra_patterns``). Secrets inside strings (private keys, tokens, credentials in URLs and commands) are the
+value rules of ``secret_rules.py``.
 """
 
 from __future__ import annotations
