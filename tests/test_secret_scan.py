@@ -4,6 +4,7 @@ look-alikes and ordinary Spinnaker values, not from the rules)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import string
@@ -122,6 +123,18 @@ def test_kubernetes_secret_data_is_indexed_decoded_too(scrubber: Scrubber) -> No
     assert scrubber.hash_value("hunter2") in done.secret_hashes
     assert scrubber.hash_value("aHVudGVyMg==") in done.secret_hashes
     assert done.event["manifests"][0]["metadata"] == {"name": "x"}
+
+
+def test_a_basic_credential_is_found_by_what_it_decodes_to(scrubber: Scrubber) -> None:
+    credential = base64.b64encode(b"deploy:hunter2hunter2").decode()
+    for event in (
+        {"customHeaders": {"Authorization": f"Basic {credential}"}},
+        {"command": f"curl -H 'Authorization: Basic {credential}' https://ci.io"},
+    ):
+        done = scrubber.scrub(event, orjson.dumps(event))
+        assert credential not in json.dumps(done.event)
+        for form in ("deploy:hunter2hunter2", "hunter2hunter2"):
+            assert scrubber.hash_value(form) in done.secret_hashes, (event, form)
 
 
 def test_escaped_or_wrapped_bytes_are_not_trusted_as_the_event(scrubber: Scrubber) -> None:

@@ -280,6 +280,10 @@ def _structural(
             value, vend = _DECODER.raw_decode(text, vstart)
             ctx = r._CTX_ALL_SECRET if kind == _S_CUSTOM_HEADERS else r._CTX_HEADERS
             new, n = redactor._walk(value, ctx)
+            if n and isinstance(value, dict):
+                for header in value.values():
+                    if isinstance(header, str) and header[:6].lower() == "basic ":
+                        _basic_forms(header[6:].strip(), redactor, extras)
         elif kind == _S_NAME_PAIR:
             name = _DECODER.raw_decode(text, text.rindex('"', 0, end - 1))[0]
             if redactor._classify(name) != r._SECRET:
@@ -373,6 +377,17 @@ def _base64_pipeline(value: str, redactor: Redactor, extras: set[str]) -> tuple[
     if not done.replaced:
         return value, 0
     return base64.b64encode(done.text.encode("utf-8")).decode("ascii"), done.replaced
+
+
+def _basic_forms(credential: str, redactor: Redactor, extras: set[str]) -> None:
+    """Index what a Basic credential decodes to (``user:password``) and its password, for look-ups."""
+    try:
+        decoded = base64.b64decode(credential, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return
+    extras.add(redactor.hash_value(decoded))
+    if ":" in decoded:
+        extras.add(redactor.hash_value(decoded.split(":", 1)[1]))
 
 
 def _strings(value: Any) -> Iterator[str]:
@@ -486,6 +501,8 @@ def _values(text: str, hits: list[Hit], redactor: Redactor, extras: set[str]) ->
                 continue
             if kind == r._CREDENTIAL and redactor.looks_like_account(secret):
                 continue
+        if rule.id == "authorization-header" and text[max(0, gstart - 6) : gstart].lower() == "basic ":
+            _basic_forms(secret, redactor, extras)
         out.append(text[cursor:gstart])
         out.append(redactor.hash_value(secret))
         cursor = gend
