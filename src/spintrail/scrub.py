@@ -129,10 +129,15 @@ class Scrubber:
             hits = secretscan.scan_hits(text) if text else [(secretscan.ESCAPE, 0, 0)]
             if not hits:
                 return self._scrubbed(event, raw, raw, 0, set())
+            done: secretscan.Outcome | None = None
             if all(h[0] != secretscan.ESCAPE for h in hits):
-                done = secretscan.scrub_json(text, self.redactor, hits)
-                if not done.replaced:
-                    return self._scrubbed(event, raw, raw, 0, secretscan.hashes_in(text) | done.extra_hashes)
+                try:
+                    done = secretscan.scrub_json(text, self.redactor, hits)
+                except (ValueError, IndexError):  # bytes that do not read as one JSON value: the long way
+                    done = None
+            if done is not None and not done.replaced:
+                return self._scrubbed(event, raw, raw, 0, secretscan.hashes_in(text) | done.extra_hashes)
+            if done is not None:
                 new = done.text.encode("utf-8")
                 try:
                     redacted_event = orjson.loads(new)
