@@ -46,6 +46,12 @@ def test_hash_value_is_prefixed_hmac_sha256_of_the_utf8_value(redactor: Redactor
     assert redactor.hash_value("x").startswith("hmac-sha256:") and len(redactor.hash_value("x")) == 12 + 64
 
 
+@pytest.mark.parametrize("key", [KEY, b"k" * 64, b"a longer key than one SHA-256 block, " * 3])
+def test_hash_value_is_rfc2104_hmac_for_keys_of_every_length(key: bytes) -> None:
+    for value in ("", "x", "s3cr\u00e9t", "p" * 200):
+        assert Redactor(key).hash_value(value) == _hmac(value, key)
+
+
 def test_equal_secrets_correlate_under_one_key_and_differ_under_another(redactor: Redactor) -> None:
     event = {"a": {"password": "hunter2"}, "b": [{"apiKey": "hunter2"}]}
     out, count = redactor.redact(event)

@@ -47,40 +47,31 @@ kept); ``None``, booleans, empty strings and values that are already ``hmac-sha2
 
 The walk is iterative (no recursion limit on deeply nested input), copies the input (it is never mutated),
 keeps key order, and caches the per-key decision, so multi-megabyte events cost one pass.
+
+These are the decisions; finding where they apply is ``secretscan.py``'s compiled scan, which calls them
+for each place it reports and walks a whole event only for a Kubernetes Secret manifest (or with
+``extra_patterns``). Secrets inside strings (private keys, tokens, credentials in URLs and commands) are the
+value rules of ``secret_rules.py``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hmac
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from spintrail.secret_rules import KEY_RULES
+
 __all__ = ["DEFAULT_SECRET_KEY_PATTERNS", "HASH_PREFIX", "Redactor"]
 
 HASH_PREFIX = "hmac-sha256:"
 
-#: Regexes searched (case-insensitively) in the snake_case form of a key.
-DEFAULT_SECRET_KEY_PATTERNS: tuple[str, ...] = (
-    r"pass(word|wd|phrase)",  # password, passwd, passphrase, db_password
-    r"(^|_)pwd(_|$)",
-    r"secret",  # secret, client_secret, secret_access_key, webhook_secret
-    r"token(_|$)",  # token, access_token, githubtoken, x_gitlab_token; not tokenizer / max_tokens
-    r"(^|_)auth$",  # auth, basic_auth (docker config auth, HTTP auth blocks)
-    r"authorization",  # authorization, proxy_authorization
-    r"api_?key",  # api_key, apikey, x_api_key
-    r"private_?key",  # private_key, privatekey, ssh_private_key
-    r"access_?key",  # access_key, secret_access_key (access_key_id is exempt: ends in "id")
-    r"(signing|encryption|master)_key",
-    r"credentials?$",  # credential(s): see the account-name rule
-    r"hub_signature",  # x_hub_signature, x_hub_signature_256
-    r"cookie",  # cookie, set_cookie, cookies
-    r"(^|_)jwt(_|$)",
-    r"connection_?string",
-)
+#: Regexes searched (case-insensitively) in the snake_case form of a key (``secret_rules.KEY_RULES``).
+DEFAULT_SECRET_KEY_PATTERNS: tuple[str, ...] = tuple(rule.pattern for rule in KEY_RULES)
 
 #: A default-pattern match is ignored when the key's last word (trailing numbers dropped) is one of these:
 #: the value names, points at, counts or describes a secret instead of being one.
@@ -90,7 +81,8 @@ _SAFE_LAST_WORDS = frozenset(
         "len", "size", "file", "files", "path", "paths", "dir", "url", "uri", "urls", "endpoint", "expiry",
         "expires", "expiration", "expired", "at", "time", "timestamp", "ttl", "age", "policy", "enabled",
         "required", "field", "fields", "hint", "prompt", "label", "description", "format", "mode", "version",
-        "location", "provider", "source", "env", "present", "set", "exists", "valid", "changed",
+        "location", "provider", "source", "env", "present", "set", "exists", "valid", "changed", "arn",
+        "arns",
     }
 )  # fmt: skip
 
@@ -195,6 +187,12 @@ class Redactor:
         if len(key) < 16:
             raise ValueError(f"redaction key must be at least 16 bytes, got {len(key)}")
         self._key = bytes(key)
+        # HMAC (RFC 2104) from two SHA-256 states keyed once: copying them costs a third of a one-shot
+        # ``hmac.digest``, which sets the key up again for every value.
+        block = hashlib.sha256(self._key).digest() if len(self._key) > 64 else self._key
+        block = block.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
         self._known_places = known_places
         self._defaults = [re.compile(p, re.IGNORECASE) for p in DEFAULT_SECRET_KEY_PATTERNS]
         extras: list[re.Pattern[str]] = []
@@ -214,8 +212,11 @@ class Redactor:
     def hash_value(self, value: str) -> str:
         """``hmac-sha256:<hex>`` of the UTF-8 bytes of ``value`` under this installation's key."""
         data = value.encode("utf-8", "surrogatepass")  # JSON may carry lone surrogate escapes
-        digest = hmac.digest(self._key, data, "sha256").hex()  # one-shot: no HMAC object per value
-        return HASH_PREFIX + digest
+        inner = self._inner.copy()
+        inner.update(data)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return HASH_PREFIX + outer.hexdigest()
 
     def _hash_any(self, value: Any) -> str:
         if isinstance(value, str):
@@ -551,70 +552,12 @@ class Redactor:
     # ------------------------------------------------------------------ free text
 
     def redact_text(self, text: str) -> str:
-        """Hash the secret part of ``Authorization: Bearer xxx``, ``password=xxx``, URL user-info and
-        similar patterns in free text; everything else is returned unchanged."""
+        """Free text with the secret part of every value rule's match (``secret_rules.VALUE_RULES``:
+        private keys, credentials in URLs, tokens, ``password=...``, ``Authorization: Bearer ...``)
+        replaced; everything else is returned unchanged."""
         return self._redact_text_count(text)[0]
 
     def _redact_text_count(self, text: str) -> tuple[str, int]:
-        total = 0
-        for pattern in _TEXT_RULES:
-            text, n = pattern.subn(self._replace_text_secret, text)
-            total += n
-        return text, total
+        from spintrail.secretscan import scrub_text
 
-    def _replace_text_secret(self, match: re.Match[str]) -> str:
-        for group in ("s", "dq", "sq", "bare"):
-            secret = match.groupdict().get(group)
-            if secret:
-                start, end = match.span(group)
-                base = match.start(0)
-                whole = match.group(0)
-                return whole[: start - base] + self.hash_value(secret) + whole[end - base :]
-        return match.group(0)
-
-
-_NOT_HASHED = r"(?!hmac-sha256:)"
-
-#: Applied in order; the secret is the named group ``s`` (or ``dq``/``sq``/``bare`` for key=value). Later
-#: rules skip values earlier ones already replaced (the ``hmac-sha256:`` look-ahead); possessive quantifiers
-#: stop a rule from backtracking onto a value that is already hashed.
-_TEXT_RULES: tuple[re.Pattern[str], ...] = (
-    # Authorization: Bearer xxx / "authorization": "Basic xxx" / Proxy-Authorization=xxx
-    re.compile(
-        r"\b(?:proxy-)?authorization[\"']?+\s*+[:=]\s*+[\"']?+"
-        r"(?:(?:bearer|basic|token|splunk|digest|negotiate|apikey|sso-key)\s++)?+"
-        + _NOT_HASHED
-        + r"(?P<s>[^\s\"',;]+)",
-        re.IGNORECASE,
-    ),
-    # Cookie: a=b; c=d (the whole header value)
-    re.compile(
-        r"\b(?:set-)?cookie[\"']?+\s*+:\s*+[\"']?+" + _NOT_HASHED + r"(?P<s>[^\r\n\"']+)", re.IGNORECASE
-    ),
-    # X-Hub-Signature: sha1=..., X-Hub-Signature-256: sha256=..., X-Slack-Signature: v0=...
-    re.compile(
-        r"(?<![\w-])[\w-]*?signature(?:-256)?+[\"']?+\s*+[:=]\s*+[\"']?+"
-        + _NOT_HASHED
-        + r"(?P<s>[^\s\"',;]+)",
-        re.IGNORECASE,
-    ),
-    # Bearer xxx anywhere
-    re.compile(r"\bbearer\s++" + _NOT_HASHED + r"(?P<s>[A-Za-z0-9\-._~+/]+=*)", re.IGNORECASE),
-    # key=value, key: value, "key": "value" where the key ends in a secret word (not tokenizer=, token_count=)
-    re.compile(
-        r"(?<![\w.-])[\w.-]*?(?:password|passwd|pwd|passphrase|secret|token|api[_-]?key|access[_-]?key"
-        r"|private[_-]?key)[\"']?+\s*+[:=]\s*+"
-        r"(?:\""
-        + _NOT_HASHED
-        + r"(?P<dq>[^\"]+)\"|'"
-        + _NOT_HASHED
-        + r"(?P<sq>[^']+)'|"
-        + _NOT_HASHED
-        + r"(?!(?:null|true|false)\b)(?P<bare>[^\s&;,\"'<>]+))",
-        re.IGNORECASE,
-    ),
-    # scheme://user:password@host
-    re.compile(
-        r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*+://[^/\s:@]++:" + _NOT_HASHED + r"(?P<s>[^@\s/]+)@", re.IGNORECASE
-    ),
-)
+        return scrub_text(text, self)
