@@ -108,6 +108,39 @@ def test_a_missing_state_with_a_known_key_and_a_log_refuses(tmp_path: Path) -> N
     assert "is missing" in r.stderr and "signer_state_dir" in r.stderr
 
 
+def test_a_replica_with_a_new_state_volume_joins_only_at_a_checkpoint_its_key_signed(tmp_path: Path) -> None:
+    """signer_join: a replica added later (no state of its own) starts at the newest checkpoint the
+    installation's key signed, and still refuses a log that does not extend it, or one with no such
+    checkpoint."""
+    db = tmp_path / "audit.db"
+    first = Settings(database=str(db), signer_state_dir=tmp_path / "first")
+    fill(first, 1, 2, 3)
+    fill(first, 4, sign=False)  # one leaf after the last checkpoint
+    added = first.model_copy(update={"signer_state_dir": tmp_path / "added"})
+    store = open_store(str(db))
+    try:
+        with pytest.raises(SignerRefused, match="is missing"):
+            Trust(store, added).signing_key()  # off by default, as for a single server
+        joined = Trust(store, added.model_copy(update={"signer_join": True}))
+        cp = joined.log.sign(joined.signing_key().signer)
+        assert cp.size == 4 and list((tmp_path / "added").glob("spintrail-signer-*.json"))
+        joined.close()
+    finally:
+        store.close()
+    # The same replica, on a log whose checkpoints were wiped (nothing signed to join at), refuses.
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("DELETE FROM integrity_checkpoints")
+    conn.close()
+    late = first.model_copy(update={"signer_state_dir": tmp_path / "late", "signer_join": True})
+    store = open_store(str(db))
+    try:
+        with pytest.raises(SignerRefused, match="is missing"):
+            Trust(store, late).signing_key()
+    finally:
+        store.close()
+
+
 def test_a_restore_from_an_older_backup_points_at_accept_rollback(tmp_path: Path) -> None:
     db = tmp_path / "audit.db"
     settings = Settings(database=str(db))

@@ -235,6 +235,14 @@ class Settings(BaseSettings):
         "so it never signs a log that does not extend it. It must persist across restarts (in Kubernetes a "
         "volume). Default: the directory of `signing_key_file`.",
     )
+    signer_join: bool = Field(
+        False,
+        description="Let a replica whose signer state is missing (a replica added to a PostgreSQL "
+        "installation, with a new state volume) start its state from the newest checkpoint in the database "
+        "that the installation's key signed, once the log is checked to extend it. Off: such a replica "
+        "refuses to start, as a single server always does. Leaves after that checkpoint are unsigned, so "
+        "exported checkpoints (`checkpoint_dir`, forwarding) are what proves them.",
+    )
     log_origin: str | None = Field(
         None,
         description="Name of this log in signed checkpoints. Default: `spintrail/<installation id>`.",

@@ -212,9 +212,11 @@ class SignerGuard:
         self.state = state
         self._tree: merkle.CompactRange | None = None
 
-    def start(self, conn: Any, *, first_use: bool) -> None:
+    def start(self, conn: Any, *, first_use: bool, join: bool = False) -> None:
         """Check the database's whole log against the remembered head; raise ``SignerRefused`` if it is
-        not an extension. ``first_use``: this installation never recorded a signing key (it predates the
+        not an extension. ``join`` (setting ``signer_join``): a missing state of a known key may start at the
+        newest checkpoint in the database that the key signed (never when there is none). ``first_use``: this
+        installation never recorded a signing key (it predates the
         signer's state), so a missing state is started from the log as it is, once."""
         from spintrail.integrity import load_state
 
@@ -226,7 +228,17 @@ class SignerGuard:
                 self._tree = merkle.CompactRange()
                 self.state.save(self._tree, int(time.time() * 1000))
                 return
-            if not first_use:
+            joined = self._newest_stored(conn) if join and not first_use else None
+            if joined is not None:
+                log.warning(
+                    "integrity: no signer state for a log of %d leaves: joining at the installation's newest "
+                    "signed checkpoint (%s, size %d), as signer_join allows; state at %s",
+                    db.size,
+                    joined.source,
+                    joined.size,
+                    self.state.path,
+                )
+            elif not first_use:
                 raise SignerRefused(
                     f"the signer's state {self.state.path} is missing (nor is there a checkpoint of this key "
                     f"in checkpoint_dir) while the database's log already holds {db.size} leaves: this "

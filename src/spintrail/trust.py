@@ -100,7 +100,7 @@ class Trust:
             )
         state = signer_state.state_for(self.settings, key.verifier, self.origin)
         guard = signer_state.SignerGuard(state)
-        guard.start(conn, first_use=recorded is None)  # the state exists from here on
+        guard.start(conn, first_use=recorded is None, join=self.settings.signer_join)  # the state exists now
         if recorded is None:
             winner = keys.record_installation_key(conn, key.verifier)
             if winner != key.verifier:  # another replica recorded its key first
