@@ -704,8 +704,12 @@ from spintrail.cli_sinks import sinks_app  # noqa: E402 - it builds on the helpe
 
 app.add_typer(sinks_app, name="sinks")
 
+# spintrail backfill (from Gate).
 # The trust commands (tokens, access-log, hash, keys, checkpoint, verify, proof, verify-proof, consistency).
-from spintrail import trust_cli  # noqa: E402, F401
+from spintrail import (
+    cli_backfill,  # noqa: F401
+    trust_cli,  # noqa: F401
+)
 
 # -- reports and exports ---------------------------------------------------------------------------
 
