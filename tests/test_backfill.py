@@ -164,3 +164,21 @@ def test_orchestrations_are_read_from_tasks(gate: GateStandin) -> None:
     with client(gate) as c:
         assert c.execution(orch["id"])["id"] == orch["id"]
     assert any(r.startswith("/tasks/") for r in gate.requests)
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "echo" / "related"
+
+
+def test_a_real_execution_becomes_its_start_stage_and_final_events() -> None:
+    files = sorted(SHARED.glob("orca_execution_PIPELINE_*.json")) if SHARED.is_dir() else []
+    if not files:
+        pytest.skip(f"the shared real executions are not there ({SHARED})")
+    execution = json.loads(files[0].read_text())
+    events = synthesize(execution)
+    types = [e.event["details"]["type"] for e in events]
+    assert types[0] == "orca:pipeline:starting"
+    assert types[-1] in ("orca:pipeline:complete", "orca:pipeline:failed")
+    started = [s for s in execution["stages"] if s.get("startTime")]
+    assert types.count("orca:stage:starting") == sum(1 for s in started if s.get("status") != "SKIPPED")
+    assert len({e.event["eventId"] for e in events}) == len(events)
+    assert [e.event["eventId"] for e in synthesize(execution)] == [e.event["eventId"] for e in events]
