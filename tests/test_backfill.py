@@ -182,3 +182,13 @@ def test_a_real_execution_becomes_its_start_stage_and_final_events() -> None:
     assert types.count("orca:stage:starting") == sum(1 for s in started if s.get("status") != "SKIPPED")
     assert len({e.event["eventId"] for e in events}) == len(events)
     assert [e.event["eventId"] for e in synthesize(execution)] == [e.event["eventId"] for e in events]
+
+
+def test_backfilled_events_say_where_they_came_from(
+    sqlite_store: Any, gate: GateStandin, tmp_path: Path
+) -> None:
+    settings = Settings(database="unused")
+    run_backfill(settings, sqlite_store, client(gate), BackfillRequest(), state_path=tmp_path / "s.json")
+    first = sqlite_store.search(Filters(type=("orca:pipeline:starting",)), limit=1).records[0]
+    marked = json.loads(sqlite_store.provenance([first.id])[first.id])
+    assert marked["provenance"] == "gate" and marked["gate"] == gate.url and marked["run"]
