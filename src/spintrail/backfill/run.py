@@ -337,7 +337,11 @@ class _Runner:
                 self.tell(applications_done=len(finished))
         self.state.finished_at = int(time.time() * 1000)
         self.save()
-        self.tell(phase="done")
+        self.tell(
+            phase="done",
+            stored=self.state.stored if not req.dry_run else self.result.stored,
+            duplicates=self.state.duplicates if not req.dry_run else self.result.duplicates,
+        )
         return self.result
 
 
