@@ -148,7 +148,13 @@ def test_migrations_from_many_processes_at_once_and_components(pg_url: str) -> N
     try:
         assert not errors, errors
         rows = stores[0]._read("SELECT component, version FROM schema_migrations ORDER BY 1, 2")
-        assert rows == [("events", 1), ("events-reports", 1), ("events-reports", 2), ("outbox", 1)]
+        assert rows == [
+            ("events", 1),
+            ("events-keys", 1),
+            ("events-reports", 1),
+            ("events-reports", 2),
+            ("outbox", 1),
+        ]
         # A component's write hook writes with the writer's connection, inside the commit.
         store = stores[0]
 

@@ -72,6 +72,7 @@ def test_pages_render(simulated_server: Server, simulated: SimulatedData) -> Non
         (f"/reports/lineage?server_group={simulated.facts.lifecycle_server_group}", 'id="versions"'),
         ("/reports/pipeline-history", 'id="report-rows"'),
         ("/reports/unfinished", 'id="report-rows"'),
+        ("/reports/unfinished", "spintrail backfill --gate https://GATE --repair-unfinished"),
         ("/reports/lineage", "Name a cluster or a server group"),
         ("/static/style.css", "--accent"),
         ("/static/app.js", "EventSource"),

@@ -797,8 +797,9 @@ from spintrail.cli_sinks import sinks_app  # noqa: E402 - it builds on the helpe
 
 app.add_typer(sinks_app, name="sinks")
 
-# The trust commands (tokens, access-log, hash, keys, checkpoint, verify, proof, verify-proof, consistency).
-from spintrail import trust_cli  # noqa: E402, F401
+# The trust commands (tokens, access-log, hash, keys, checkpoint, verify, proof, verify-proof, consistency)
+# and spintrail backfill (from Gate).
+from spintrail import cli_backfill, trust_cli  # noqa: E402, F401
 
 # -- reports and exports ---------------------------------------------------------------------------
 

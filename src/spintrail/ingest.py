@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 
 from spintrail import fulltext
 from spintrail.decode import IncomingEvent
-from spintrail.normalize import event_id_of, normalize
+from spintrail.normalize import event_id_of, natural_key, normalize
 from spintrail.settings import Settings
 from spintrail.store import AppendResult, PreparedEvent, Store
 
@@ -56,6 +56,7 @@ class Ingestor:
             keep_raw=scrubbed.keep_raw,
             raw_sha256=scrubbed.raw_sha256,
             secret_hashes=scrubbed.secret_hashes,
+            natural_key=natural_key(incoming.event),
         )
 
     def prepare_all(

@@ -72,6 +72,42 @@ def event_id_of(event: dict[str, Any]) -> str:
     return str(uuid.uuid5(_EVENT_ID_NAMESPACE, canonical))
 
 
+def natural_key(event: dict[str, Any]) -> str | None:
+    """What identifies an orca execution or stage event whoever delivered it (echo, or a Gate backfill).
+
+    ``<execution id>|<stage id>|<type>|<time Spinnaker recorded>``: the execution's (or the stage's) start
+    time for a starting event, its end time for a final one, so a restarted stage is not taken for its
+    first run. ``None`` for every other event (task events, builds, ...) and when a part is unknown.
+    """
+    details = _obj(event.get("details"))
+    content = _obj(event.get("content"))
+    etype = (_str(details.get("type")) or "").lower()
+    parts = etype.split(":")
+    if len(parts) != 3 or parts[0] != "orca" or parts[1] not in ("pipeline", "orchestration", "stage"):
+        return None
+    phase = parts[2]
+    execution = _dict(content.get("execution"))
+    execution_id = _str(content.get("executionId")) or _str(execution.get("id"))
+    if not execution_id:
+        return None
+    time_key = "startTime" if phase == "starting" else "endTime"
+    stage_id = ""
+    if parts[1] == "stage":
+        stage_id = _str(content.get("stageId")) or ""
+        if not stage_id:
+            return None
+        stage = next(
+            (s for s in _list(execution.get("stages")) if isinstance(s, dict) and s.get("id") == stage_id),
+            _EMPTY,
+        )
+        at = _first_int(content.get(time_key), stage.get(time_key))
+    else:
+        at = _int(execution.get(time_key))
+    if at is None:
+        return None
+    return f"{execution_id}|{stage_id}|{etype}|{at}"
+
+
 def normalize(
     event: dict[str, Any],
     *,

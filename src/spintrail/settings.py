@@ -243,6 +243,25 @@ class Settings(BaseSettings):
         "refuses to start, as a single server always does. Leaves after that checkpoint are unsigned, so "
         "exported checkpoints (`checkpoint_dir`, forwarding) are what proves them.",
     )
+    gate_url: str | None = Field(
+        None, description="Gate's base URL for `spintrail backfill` (e.g. `https://gate.example.com`)."
+    )
+    gate_token: SecretStr | None = Field(
+        None, description="Bearer token `spintrail backfill` sends to Gate (`Authorization: Bearer`)."
+    )
+    gate_cookie: SecretStr | None = Field(
+        None, description="Session cookie `spintrail backfill` sends to Gate, e.g. `SESSION=...`."
+    )
+    gate_username: str | None = Field(None, description="HTTP Basic user name for Gate (LDAP logins).")
+    gate_password: SecretStr | None = Field(None, description="HTTP Basic password for Gate.")
+    gate_client_cert: Path | None = Field(
+        None, description="PEM client certificate for Gate's X.509 port (with `gate_client_key`)."
+    )
+    gate_client_key: Path | None = Field(None, description="PEM private key of `gate_client_cert`.")
+    gate_ca_bundle: Path | None = Field(None, description="PEM CA bundle that signs Gate's certificate.")
+    gate_rate: float = Field(
+        5.0, ge=0, description="Most requests a second `spintrail backfill` sends to Gate (0: no limit)."
+    )
     log_origin: str | None = Field(
         None,
         description="Name of this log in signed checkpoints. Default: `spintrail/<installation id>`.",

@@ -2378,6 +2378,25 @@ class Simulator:
         """Echo event dicts (plain, unwrapped shape) in delivery order; reproducible for a seed."""
         return self._deliver(self._merged())
 
+    def gate_executions(self) -> Iterator[dict[str, Any]]:
+        """What Gate serves for each execution at the end of the window, in start order: its last state
+        (an execution whose final event echo dropped is finished here). A child pipeline embeds its parent
+        as it ended, not as it was when the child started."""
+        parents: dict[str, _Run] = {}
+        for _start, _seq, kind, obj in self._schedule:
+            if kind != "x":
+                continue
+            ep: _Exec = obj
+            parent_run = parents.pop(ep.id, None) if ep.parent is not None else None
+            run = _Run(self, ep, parent_run)
+            if ep.child is not None:
+                parents[ep.child.id] = run
+            for step in _Timeline(ep).steps():
+                if step[0] > self.window_end:
+                    break
+                run._apply(step)
+            yield json.loads(json.dumps(run.snapshot()))
+
     def _merged(self) -> Iterator[dict[str, Any]]:
         """All events in time order: a heap of running executions, fed from the start-ordered schedule."""
         heap: list[tuple[int, int, int, Iterator[Any]]] = []

@@ -15,6 +15,7 @@ import base64
 import binascii
 import dataclasses
 import functools
+import hashlib
 import inspect
 import itertools
 import queue
@@ -77,6 +78,30 @@ class PreparedEvent:
     secret_hashes: tuple[str, ...] = ()
     #: The store id to keep (when copying a whole store); ``None``: the store assigns the next id.
     id: int | None = None
+    #: ``normalize.natural_key`` of the event: a second idempotency key shared by the live event and its
+    #: copy backfilled from Gate (whichever is stored first is kept, the other counts as a duplicate).
+    natural_key: str | None = None
+    #: Where the event came from when not from echo (JSON, e.g. ``{"provenance": "gate", ...}``).
+    provenance: str | None = None
+
+
+def natural_key_digest(item: PreparedEvent) -> bytes | None:
+    """The 16 bytes stored for an event's natural key (``event_keys.key``), ``None`` without one."""
+    if item.natural_key is None:
+        return None
+    return hashlib.sha256(item.natural_key.encode("utf-8", "surrogatepass")).digest()[:16]
+
+
+#: Schema of the natural keys and provenance of events (SQLite and PostgreSQL alike, ``{blob}`` the
+#: backend's binary type): only events that have one get a row.
+KEYS_MIGRATIONS_SQL: list[tuple[int, str]] = [
+    (
+        1,
+        "CREATE TABLE IF NOT EXISTS event_keys (key {blob} PRIMARY KEY, event_row BIGINT NOT NULL);"
+        " CREATE TABLE IF NOT EXISTS event_provenance"
+        " (event_row BIGINT PRIMARY KEY, provenance TEXT NOT NULL)",
+    ),
+]
 
 
 @dataclass(slots=True)
@@ -411,6 +436,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def get(self, id_: int) -> AuditRecord | None:
         """One record by store id."""
+
+    def provenance(self, ids: Sequence[int]) -> dict[int, str]:
+        """The provenance (JSON) of those events that did not come from echo, by store id."""
+        return {}
 
     @abc.abstractmethod
     def get_by_event_id(self, event_id: str) -> AuditRecord | None:

@@ -48,6 +48,7 @@ from spintrail.store import blobs, pg_text
 from spintrail.store.base import (
     DAY,
     DAY_NUMBER_SQL,
+    KEYS_MIGRATIONS_SQL,
     AppendResult,
     CheckReport,
     IndexChecker,
@@ -66,9 +67,12 @@ from spintrail.store.base import (
     decode_cursor,
     encode_cursor,
     expected_tags,
+    natural_key_digest,
 )
 
 log = logging.getLogger(__name__)
+
+_KEYS_MIGRATIONS = [(v, q.format(blob="BYTEA")) for v, q in KEYS_MIGRATIONS_SQL]
 
 _RECORD_COLUMNS: tuple[str, ...] = ("event_id", "received_at", "time", *TEXT_FIELDS, *LIST_FIELDS)
 _SELECT_COLUMNS = "id, " + ", ".join(f'"{c}"' for c in _RECORD_COLUMNS)
@@ -331,7 +335,11 @@ class PostgresStore(Store):
         conn = self._open_connection(autocommit=True, role="setup")
         try:
             if read_only:
-                for component, migrations in (("events", MIGRATIONS), ("events-reports", REPORT_MIGRATIONS)):
+                for component, migrations in (
+                    ("events", MIGRATIONS),
+                    ("events-reports", REPORT_MIGRATIONS),
+                    ("events-keys", _KEYS_MIGRATIONS),
+                ):
                     require_migrated(conn, self.safe_url, component, migrations)
             else:
                 self._setup(conn)
@@ -368,6 +376,7 @@ class PostgresStore(Store):
         try:
             migrate(conn, "events", MIGRATIONS)
             migrate(conn, "events-reports", REPORT_MIGRATIONS)
+            migrate(conn, "events-keys", _KEYS_MIGRATIONS)
         except psycopg.Error as exc:
             raise StoreUnavailable(
                 f"cannot create the spintrail tables in {self.safe_url}: {exc}. Check that the user may "
@@ -608,6 +617,29 @@ class PostgresStore(Store):
                 "SELECT event_id, id FROM event_ids WHERE event_id = ANY(%s)", (list(first),)
             ).fetchall()
         )
+        # A natural key already stored (the live copy of a backfilled event, or the other way round), or
+        # repeated in this group, makes the event a duplicate of the first.
+        digests = [natural_key_digest(it) for it in items]
+        later_of: dict[str, str] = {}
+        if any(d is not None for d in digests):
+            by_key: dict[bytes, int] = dict(
+                conn.execute(
+                    "SELECT key, event_row FROM event_keys WHERE key = ANY(%s)",
+                    ([d for d in digests if d is not None],),
+                ).fetchall()
+            )
+            first_with: dict[bytes, str] = {}
+            for k, d in enumerate(digests):
+                e = eids[k]
+                if d is None or e in known or first[e] != k:
+                    continue
+                if d in by_key:
+                    known[e] = by_key[d]
+                elif d in first_with:
+                    later_of[e] = first_with[d]
+                    known[e] = 0
+                else:
+                    first_with[d] = e
         candidates = [(e, k) for e, k in first.items() if e not in known]
         fresh: list[tuple[int, int, int]] = []  # (item index, event row id, raw id)
         if candidates:
@@ -656,6 +688,22 @@ class PostgresStore(Store):
         if fresh:
             self._write_rows(conn, [(items[k], row_id, raw_id) for k, row_id, raw_id in fresh], new_blobs)
             written = [Written(items[k], row_id) for k, row_id, _ in fresh]
+            keyed = [(digests[k], row_id) for k, row_id, _ in fresh if digests[k] is not None]
+            if keyed:
+                conn.execute(
+                    "INSERT INTO event_keys(key, event_row) SELECT * FROM unnest(%s::bytea[], %s::bigint[])"
+                    " ON CONFLICT DO NOTHING",
+                    ([d for d, _ in keyed], [r for _, r in keyed]),
+                )
+            marked = [(row_id, items[k].provenance) for k, row_id, _ in fresh if items[k].provenance]
+            if marked:
+                conn.execute(
+                    "INSERT INTO event_provenance(event_row, provenance)"
+                    " SELECT * FROM unnest(%s::bigint[], %s::text[]) ON CONFLICT DO NOTHING",
+                    ([r for r, _ in marked], [p for _, p in marked]),
+                )
+        for e, f in later_of.items():
+            known[e] = new_ids.get(f, known.get(f, 0))
         results: list[list[AppendResult]] = []
         pos = 0
         for job in jobs:
@@ -927,6 +975,12 @@ class PostgresStore(Store):
             return None
         rows = self._by_key("id", id_)
         return _row_to_record(rows[0]) if rows else None
+
+    def provenance(self, ids: Sequence[int]) -> dict[int, str]:
+        rows = self._read(
+            "SELECT event_row, provenance FROM event_provenance WHERE event_row = ANY(%s)", (list(ids),)
+        )
+        return {int(r[0]): r[1] for r in rows}
 
     def get_by_event_id(self, event_id: str) -> AuditRecord | None:
         rows = self._by_key("event_id", clean_text(event_id))

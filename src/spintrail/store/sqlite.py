@@ -31,6 +31,7 @@ from spintrail.store import blobs
 from spintrail.store.base import (
     DAY,
     DAY_NUMBER_SQL,
+    KEYS_MIGRATIONS_SQL,
     AppendResult,
     CheckReport,
     IndexChecker,
@@ -50,9 +51,12 @@ from spintrail.store.base import (
     decode_cursor,
     encode_cursor,
     expected_tags,
+    natural_key_digest,
 )
 
 log = logging.getLogger(__name__)
+
+_KEYS_MIGRATIONS = [(v, q.format(blob="BLOB")) for v, q in KEYS_MIGRATIONS_SQL]
 
 _RECORD_COLUMNS: tuple[str, ...] = ("event_id", "received_at", "time", *TEXT_FIELDS, *LIST_FIELDS)
 _SELECT = "SELECT id, " + ", ".join(f'"{c}"' for c in _RECORD_COLUMNS) + " FROM event_rows"
@@ -423,7 +427,11 @@ class SqliteStore(Store):
         conn = self._connect()
         try:
             if read_only:
-                for component, migrations in (("events", MIGRATIONS), ("events-reports", REPORT_MIGRATIONS)):
+                for component, migrations in (
+                    ("events", MIGRATIONS),
+                    ("events-reports", REPORT_MIGRATIONS),
+                    ("events-keys", _KEYS_MIGRATIONS),
+                ):
                     require_migrated(conn, self.path, component, migrations)
             else:
                 self._migrate(conn)
@@ -468,6 +476,7 @@ class SqliteStore(Store):
         conn.create_function("spintrail_event_id", 1, stored_event_id, deterministic=True)
         migrate(conn, "events", MIGRATIONS)
         migrate(conn, "events-reports", REPORT_MIGRATIONS)
+        migrate(conn, "events-keys", _KEYS_MIGRATIONS)
 
     def migrate_component(self, component: str, migrations: Sequence[tuple[int, str]]) -> None:
         """Apply another component's schema migrations (forwarding outbox, integrity log) to this file;
@@ -705,6 +714,11 @@ class SqliteStore(Store):
         row = conn.execute(_BY_EVENT_ID, _event_id_args(rec.event_id)).fetchone()
         if row is not None:
             return AppendResult(row[0], True)
+        natural = natural_key_digest(item)
+        if natural is not None:
+            row = conn.execute("SELECT event_row FROM event_keys WHERE key = ?", (natural,)).fetchone()
+            if row is not None:
+                return AppendResult(row[0], True)
         # The id SQLite would give (the highest + 1), known without asking once the transaction has one.
         row_id = item.id
         if row_id is None:
@@ -761,6 +775,12 @@ class SqliteStore(Store):
         if item.text:
             text = fts_text(item.text, rec.event_id) if row_id >= self._fts_cut_from else item.text
             conn.execute("INSERT INTO events_fts(rowid, text) VALUES (?, ?)", (row_id, text))
+        if natural is not None:
+            conn.execute("INSERT INTO event_keys(key, event_row) VALUES (?, ?)", (natural, row_id))
+        if item.provenance is not None:
+            conn.execute(
+                "INSERT INTO event_provenance(event_row, provenance) VALUES (?, ?)", (row_id, item.provenance)
+            )
         rec.id = row_id
         seen[rec.event_id] = row_id
         written.append(Written(item, row_id))
@@ -904,6 +924,15 @@ class SqliteStore(Store):
     def get(self, id_: int) -> AuditRecord | None:
         rows = self._read(_SELECT + " WHERE id = ?", (id_,))
         return self._records(rows)[0] if rows else None
+
+    def provenance(self, ids: Sequence[int]) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            marks = ", ".join("?" * len(chunk))
+            sql = f"SELECT event_row, provenance FROM event_provenance WHERE event_row IN ({marks})"
+            out.update((int(r[0]), r[1]) for r in self._read(sql, chunk))
+        return out
 
     def get_by_event_id(self, event_id: str) -> AuditRecord | None:
         rows = self._read(
