@@ -562,7 +562,8 @@ def integrity_actions(
     action: Annotated[
         str | None,
         typer.Option(
-            help="Only this action: token_created, token_revoked, auth_mode_changed, retention, backfill, adopt, accept_rollback."
+            help="Only this action: token_created, token_revoked, auth_mode_changed, retention, backfill, "
+            "adopt, accept_rollback."
         ),
     ] = None,
     limit: Annotated[int, typer.Option(help="Most entries to show (1-1000).")] = 100,
