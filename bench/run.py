@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
             run_ingest(report, be, mode, args)
         query_db = run_storage(report, be, mode, args)
         if query_db is not None and "queries" in args.parts:
-            run_queries(report, be, mode, query_db)
+            run_queries(report, be, mode, query_db, args.cache)
         if "memory" in args.parts:
             run_memory(report, be, mode, query_db)
         if query_db is not None and query_db != args.query_db:
@@ -268,6 +269,7 @@ def run_storage(report: Report, be: Backend, mode: Mode, args: argparse.Namespac
         if keep:
             backends.create_kept(keep)
         database = keep or be.fresh(f"storage{count}")
+        shutil.rmtree(_signer_dir(database, args.cache), ignore_errors=True)  # a new log: a new signer
         log(f"storage: ingesting {count:,} events directly (no HTTP)")
         max_seconds = args.fill_minutes * 60 if args.fill_minutes else None
         loaded = storage.fill(database, count, progress=count >= 100_000, max_seconds=max_seconds)
@@ -305,12 +307,27 @@ def _fill_record(database: str, cache: Path) -> Path:
     return Path(database + ".fill.json")
 
 
-def run_queries(report: Report, be: Backend, mode: Mode, query_db: str) -> None:
+def _signer_dir(database: str, cache: Path) -> Path:
+    """Where the signing key and signer state of a kept query database live between runs: a database
+    keeps signing with the key it recorded, and its signer must remember what it signed. SQLite keeps
+    both beside the file by default; a PostgreSQL database gets a directory in the cache (by its name)."""
+    return cache / "signers" / (database.rsplit("/", 1)[-1].split("?")[0])
+
+
+def run_queries(report: Report, be: Backend, mode: Mode, query_db: str, cache: Path) -> None:
     report.query_events = queries_count(query_db)
     log(f"queries on {report.query_events:,} events")
     records = queries.sample_records(query_db, mode.per_kind * 6)
     newest = queries.newest_time(query_db)
-    with procs.spintrail_server(query_db, be.scratch) as server:
+    env: dict[str, str] = {}
+    if is_postgres(query_db):
+        signer = _signer_dir(query_db, cache)
+        signer.mkdir(parents=True, exist_ok=True)
+        env = {
+            "SPINTRAIL_SIGNING_KEY_FILE": str(signer / "signing.key"),
+            "SPINTRAIL_SIGNER_STATE_DIR": str(signer),
+        }
+    with procs.spintrail_server(query_db, be.scratch, env=env) as server:
         report.queries = queries.run_queries(
             server.url,
             records,
