@@ -202,3 +202,29 @@ def test_property_an_event_holding_no_secret_is_never_changed(content: dict[str,
 @given(text=st.lists(_lookalike_values, min_size=1, max_size=6).map(" ".join))
 def test_property_free_text_of_look_alikes_is_never_changed(text: str) -> None:
     assert Scrubber(KEY).text(text) == text
+
+
+def test_repeated_places_and_the_hashes_written_match_the_redacted_text(scrubber: Scrubber) -> None:
+    """A webhook's headers repeated in each stage's context are redacted alike everywhere, and the hashes
+    the scrub says it wrote are exactly those in the redacted event (what the look-up index is fed)."""
+    headers = {"Authorization": "Bearer 3ASAkpew8FXnB63pt9oIfIHWvTco3RXK13HGc60Y", "X-Team": "deploys"}
+    stage = {"type": "webhook", "context": {"customHeaders": headers, "url": "https://hooks.example.com/x"}}
+    event = {
+        "details": {"type": "orca:stage:complete"},
+        "content": {
+            "stages": [stage, {**stage, "name": "again"}, stage],
+            "trigger": {"parameters": {"DB_PASSWORD": "hunter2-hunter2", "note": "token=abcdEFGH12345678"}},
+        },
+    }
+    raw = orjson.dumps(event)
+    done = scrubber.scrub(json.loads(raw), raw)
+    assert done.replaced == 3 * 2 + 2
+    redacted = done.event["content"]
+    assert {json.dumps(s["context"]["customHeaders"]) for s in redacted["stages"]} == {
+        json.dumps({k: scrubber.hash_value(v) for k, v in headers.items()})
+    }
+    assert orjson.loads(done.raw) == done.event
+    assert set(done.secret_hashes) >= set(HASH.findall(done.raw.decode()))
+    written = secretscan.scrub_json(raw.decode(), scrubber.redactor)
+    assert written.hashes() == set(HASH.findall(written.text)) == secretscan.hashes_in(written.text)
+    assert scrubber.hash_value("hunter2-hunter2") in written.hashes()

@@ -144,7 +144,7 @@ class Scrubber:
                 except orjson.JSONDecodeError:  # integers beyond 64 bits: the long way
                     redacted_event = None
                 if redacted_event is not None and _same_shape(event, redacted_event):
-                    hashes = secretscan.hashes_in(done.text) | done.extra_hashes
+                    hashes = done.hashes() | done.extra_hashes
                     return self._scrubbed(redacted_event, raw, new, done.replaced, hashes)
         serialized = serialize(event)
         text = serialized.decode("utf-8", "surrogatepass")
@@ -165,7 +165,7 @@ class Scrubber:
             redacted_event = orjson.loads(new)
         except orjson.JSONDecodeError:  # integers beyond 64 bits, lone surrogates
             redacted_event = json.loads(done.text)
-        hashes = secretscan.hashes_in(done.text) | done.extra_hashes
+        hashes = done.hashes() | done.extra_hashes
         return self._scrubbed(redacted_event, raw, new, replaced, hashes)
 
     def _scrubbed(

@@ -149,12 +149,22 @@ def scan_hits(text: str) -> list[Hit]:
 class Outcome:
     """What scrubbing a JSON text did."""
 
-    __slots__ = ("extra_hashes", "replaced", "text")
+    __slots__ = ("_hashes", "extra_hashes", "replaced", "text")
 
-    def __init__(self, text: str, replaced: int, extra_hashes: set[str]) -> None:
+    def __init__(
+        self, text: str, replaced: int, extra_hashes: set[str], hashes: set[str] | None = None
+    ) -> None:
         self.text = text
         self.replaced = replaced
         self.extra_hashes = extra_hashes
+        self._hashes = hashes
+
+    def hashes(self) -> set[str]:
+        """The ``hmac-sha256:`` values ``text`` carries (known without reading it again when the scrubbed
+        text held none: then they are the ones written)."""
+        if self._hashes is None:
+            self._hashes = hashes_in(self.text)
+        return self._hashes
 
 
 def scrub_json(text: str, redactor: Redactor, hits: list[Hit] | None = None) -> Outcome:
@@ -168,6 +178,8 @@ def scrub_json(text: str, redactor: Redactor, hits: list[Hit] | None = None) -> 
     hits = [h for h in hits if h[0] != ESCAPE]
     if not hits:
         return Outcome(text, 0, extras)
+    # With no hash in the text to begin with, the hashes in the result are those written here.
+    written: set[str] | None = set() if _HASHED_PREFIX not in text else None
     if any(h[0] >= _NRULES for h in hits):
         splices, full = _structural(text, hits, redactor, extras)
         if full:
@@ -176,10 +188,14 @@ def scrub_json(text: str, redactor: Redactor, hits: list[Hit] | None = None) -> 
             redacted, replaced = redactor.redact(value)
             text = _dumps(redacted)
             hits = scan_hits(text)
+            written = None
         elif splices:
             text, hits, replaced = _apply(text, hits, splices)
-    text, n = _values(text, hits, redactor, extras)
-    return Outcome(text, replaced + n, extras)
+            if written is not None:
+                for new in {s[2] for s in splices}:
+                    written |= hashes_in(new)
+    text, n = _values(text, hits, redactor, extras, written)
+    return Outcome(text, replaced + n, extras, written)
 
 
 Splice = tuple[int, int, str, int]
@@ -196,6 +212,7 @@ def _apply(text: str, hits: list[Hit], splices: list[Splice]) -> tuple[str, list
     # By end (rules whose start Hyperscan does not track report 0 as their start).
     value_hits = sorted((e, s, i) for i, s, e in hits if i < _NRULES)
     k = 0
+    scanned: dict[str, list[Hit]] = {}
     for start, end, new, n in splices:
         while k < len(value_hits) and value_hits[k][0] <= start:
             e, s, i = value_hits[k]
@@ -206,7 +223,10 @@ def _apply(text: str, hits: list[Hit], splices: list[Splice]) -> tuple[str, list
         out.append(text[cursor:start])
         at = start + shift
         if not _HASH_ONLY.fullmatch(new):  # a lone hash holds nothing a rule reports
-            moved.extend((i, s + at if s else 0, e + at) for i, s, e in scan_hits(new) if i < _NRULES)
+            found = scanned.get(new)
+            if found is None:  # twins of a place (the same new text) are scanned once
+                found = scanned[new] = [h for h in scan_hits(new) if h[0] < _NRULES]
+            moved.extend((i, s + at if s else 0, e + at) for i, s, e in found)
         out.append(new)
         shift += len(new) - (end - start)
         cursor = end
@@ -249,6 +269,9 @@ def _structural(
 
     splices: list[tuple[int, int, str, int]] = []
     cursor = 0
+    # The same place often repeats in an event (a webhook's headers in each stage's context): what one
+    # place became is reused for its twins, keyed by kind, key and text (within this value only).
+    memo: dict[tuple[int, str, str], tuple[str, int]] = {}
     for i, _, end in sorted((h for h in hits if h[0] >= _NRULES), key=lambda h: h[2]):
         kind = i - _NRULES
         if kind == _S_ESCAPE:
@@ -258,6 +281,7 @@ def _structural(
         start = _start(text, kind, end)
         if start < cursor:
             continue
+        key = ""
         if kind in (_S_KEY, _S_CREDENTIALS, _S_AUTH_KEY):
             if start <= 0 or text[_back_ws(text, start)] not in "{,":
                 continue  # inside a string (an escaped quote), not a key
@@ -266,47 +290,61 @@ def _structural(
             if redactor._classify(key) == r._PLAIN:
                 continue
             vstart = _skip_ws(text, colon + 1)
-            value, vend = _DECODER.raw_decode(text, vstart)
-            if redactor._decide(key, value, r._CTX_NORMAL, False) != r._SECRET:
-                continue
-            if isinstance(value, list):
-                new, n = redactor._walk(value, r._CTX_SECRET_VALUE)
-            else:
-                new, n = redactor._secret_scalar_or_object(value)
-            if isinstance(value, dict):  # hashed whole: each string in it is looked for on its own too
-                extras.update(redactor.hash_value(v) for v in _strings(value))
+            kind = _S_KEY
         elif kind in (_S_CUSTOM_HEADERS, _S_HEADERS):
             vstart = text.rindex("{", 0, end)
-            value, vend = _DECODER.raw_decode(text, vstart)
-            ctx = r._CTX_ALL_SECRET if kind == _S_CUSTOM_HEADERS else r._CTX_HEADERS
-            new, n = redactor._walk(value, ctx)
-            if n and isinstance(value, dict):
-                for header in value.values():
-                    if isinstance(header, str) and header[:6].lower() == "basic ":
-                        _basic_forms(header[6:].strip(), redactor, extras)
         elif kind == _S_NAME_PAIR:
-            name = _DECODER.raw_decode(text, text.rindex('"', 0, end - 1))[0]
-            if redactor._classify(name) != r._SECRET:
+            key = _DECODER.raw_decode(text, text.rindex('"', 0, end - 1))[0]
+            if redactor._classify(key) != r._SECRET:
                 continue
             vstart = _back_ws(text, start)
             if text[vstart] != "{":
                 return [], True  # "name" is not the first key: let the walk find its object
-            value, vend = _DECODER.raw_decode(text, vstart)
-            new, n = redactor.redact(value)
         elif kind == _S_RAW_CONTENT:
             vstart = end - 1
-            value, vend = _DECODER.raw_decode(text, vstart)
-            new, n = _embedded_document(value, redactor, extras)
         elif kind == _S_PIPELINE:
             vstart = end - 2
-            value, vend = _DECODER.raw_decode(text, vstart)
-            new, n = _base64_pipeline(value, redactor, extras)
         else:
             continue
-        if n:
-            splices.append((vstart, vend, _dumps(new), n))
+        value, vend = _DECODER.raw_decode(text, vstart)
+        place = (kind, key, text[vstart:vend])
+        done = memo.get(place)
+        if done is None:
+            new, n = _place(kind, key, value, redactor, extras)
+            done = memo[place] = (_dumps(new) if n else "", n)
+        if done[1]:
+            splices.append((vstart, vend, done[0], done[1]))
             cursor = vend
     return splices, False
+
+
+def _place(kind: int, key: str, value: Any, redactor: Redactor, extras: set[str]) -> tuple[Any, int]:
+    """One place of step 1 redacted by the ``Redactor``'s rules for it: ``(new value, values replaced)``."""
+    from spintrail import redact as r
+
+    if kind == _S_KEY:
+        if redactor._decide(key, value, r._CTX_NORMAL, False) != r._SECRET:
+            return value, 0
+        if isinstance(value, list):
+            new, n = redactor._walk(value, r._CTX_SECRET_VALUE)
+        else:
+            new, n = redactor._secret_scalar_or_object(value)
+        if isinstance(value, dict):  # hashed whole: each string in it is looked for on its own too
+            extras.update(redactor.hash_value(v) for v in _strings(value))
+        return new, n
+    if kind in (_S_CUSTOM_HEADERS, _S_HEADERS):
+        ctx = r._CTX_ALL_SECRET if kind == _S_CUSTOM_HEADERS else r._CTX_HEADERS
+        new, n = redactor._walk(value, ctx)
+        if n and isinstance(value, dict):
+            for header in value.values():
+                if isinstance(header, str) and header[:6].lower() == "basic ":
+                    _basic_forms(header[6:].strip(), redactor, extras)
+        return new, n
+    if kind == _S_NAME_PAIR:
+        return redactor.redact(value)
+    if kind == _S_RAW_CONTENT:
+        return _embedded_document(value, redactor, extras)
+    return _base64_pipeline(value, redactor, extras)
 
 
 _CREDENTIAL_KEY = re.compile(r'(?i:credentials?)"')
@@ -473,8 +511,11 @@ def _matches(text: str, hits: list[Hit]) -> list[tuple[int, re.Match[str]]]:
     return [(i, m) for _, i, m in found]
 
 
-def _values(text: str, hits: list[Hit], redactor: Redactor, extras: set[str]) -> tuple[str, int]:
-    """Step 2: every confirmed value-rule match has its secret group replaced by its hash."""
+def _values(
+    text: str, hits: list[Hit], redactor: Redactor, extras: set[str], written: set[str] | None = None
+) -> tuple[str, int]:
+    """Step 2: every confirmed value-rule match has its secret group replaced by its hash (each hash
+    written is added to ``written``)."""
     from spintrail import redact as r
 
     out: list[str] = []
@@ -504,7 +545,10 @@ def _values(text: str, hits: list[Hit], redactor: Redactor, extras: set[str]) ->
         if rule.id == "authorization-header" and text[max(0, gstart - 6) : gstart].lower() == "basic ":
             _basic_forms(secret, redactor, extras)
         out.append(text[cursor:gstart])
-        out.append(redactor.hash_value(secret))
+        hashed = redactor.hash_value(secret)
+        out.append(hashed)
+        if written is not None:
+            written.add(hashed)
         cursor = gend
         count += 1
         if rule.index_whole:
