@@ -64,7 +64,7 @@ def _clean(raw: bytes, redactor: Redactor) -> bool:
     except UnicodeDecodeError:
         return False
     hits = secretscan.scan_hits(text)
-    if any(i == secretscan.ESCAPE and text[e - 1] != '"' for i, _, e in hits):
+    if any(i == secretscan.ESCAPE for i, _, _ in hits):
         return False
     try:
         return secretscan.scrub_json(text, redactor, hits).replaced == 0
@@ -130,7 +130,7 @@ class Scrubber:
             if not hits:
                 return self._scrubbed(event, raw, raw, 0, set())
             done: secretscan.Outcome | None = None
-            if all(h[0] != secretscan.ESCAPE for h in hits):
+            if all(h[0] not in secretscan.ESCAPES for h in hits):
                 try:
                     done = secretscan.scrub_json(text, self.redactor, hits)
                 except (ValueError, IndexError):  # bytes that do not read as one JSON value: the long way

@@ -24,15 +24,14 @@ import json
 import re
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import hyperscan
 import orjson
 
+from spintrail import redact as r
+from spintrail.redact import Redactor
 from spintrail.secret_rules import KEY_WORDS, VALUE_RULES, ValueRule, ci
-
-if TYPE_CHECKING:
-    from spintrail.redact import Redactor
 
 __all__ = ["Outcome", "scan_hits", "scrub_json", "scrub_text"]
 
@@ -48,8 +47,9 @@ _S_NAME_PAIR = 4  # {"name":"DB_PASSWORD" (or ,"name":...)
 _S_K8S_SECRET = 5  # "kind":"Secret"
 _S_RAW_CONTENT = 6
 _S_PIPELINE = 7
-_S_ESCAPE = 8  # \u, \/ or \": bytes as received that the rules may not read as the event they hold
+_S_ESCAPE = 8  # \u or \/: bytes as received that the rules may not read as the event they hold
 _S_AUTH_KEY = 9  # "basicAuth", "db_pw": a key ending in auth or pw
+_S_QUOTE_ESCAPE = 10  # \": a quote in a string (a flattened JSON document, a command)
 
 _KEY_WORD_ALT = "(" + "|".join(ci(w) for w in KEY_WORDS) + ")"
 _KEY_WORD = _KEY_WORD_ALT.replace(".?", r"[^A-Za-z0-9\"\\]?")  # api_key, apiKey, api-key
@@ -68,9 +68,12 @@ _STRUCTURAL: tuple[tuple[int, str], ...] = (
     (_S_K8S_SECRET, '"kind"' + _WS + ":" + _WS + '"Secret"'),
     (_S_RAW_CONTENT, '"rawContent"' + _WS + ":" + _WS + '"'),
     (_S_PIPELINE, '"pipeline"' + _WS + ":" + _WS + '"e'),
-    (_S_ESCAPE, r'\\[u/"]'),
+    (_S_ESCAPE, r"\\[u/]"),
     (_S_AUTH_KEY, "(" + ci("auth") + "|[^A-Za-z]" + ci("pw") + ")" + '"' + _WS + ":"),
+    (_S_QUOTE_ESCAPE, r'\\"'),
 )
+#: Reported once per scan: whether there is one is all that counts (a flattened body holds hundreds).
+_SINGLE = frozenset({_S_ESCAPE, _S_QUOTE_ESCAPE})
 _NRULES = len(VALUE_RULES)
 _RULE_RE: tuple[re.Pattern[str], ...] = tuple(re.compile(r.pattern) for r in VALUE_RULES)
 _SECRET_GROUPS = ("s", "dq", "sq", "bare")
@@ -98,7 +101,7 @@ class _Database:
             ids=ids,
             elements=len(expressions),
             flags=[0 if r.starts_at_key else hyperscan.HS_FLAG_SOM_LEFTMOST for r in VALUE_RULES]
-            + [0] * len(_STRUCTURAL),
+            + [hyperscan.HS_FLAG_SINGLEMATCH if sid in _SINGLE else 0 for sid, _ in _STRUCTURAL],
         )
         self._local = threading.local()
 
@@ -123,8 +126,10 @@ def _database() -> _Database:
 
 
 Hit = tuple[int, int, int]  # (id, start, end) in characters of the scanned text (start: value rules only)
-#: The report of an escape (``_S_ESCAPE``).
+#: The reports of an escape: ``\u`` or ``\/`` (``ESCAPE``), and ``\"`` (once each per scan).
 ESCAPE = _NRULES + _S_ESCAPE
+QUOTE_ESCAPE = _NRULES + _S_QUOTE_ESCAPE
+ESCAPES = frozenset({ESCAPE, QUOTE_ESCAPE})
 
 def scan_hits(text: str) -> list[Hit]:
     """Every report of the database over ``text`` (offsets in characters), in text order."""
@@ -175,7 +180,7 @@ def scrub_json(text: str, redactor: Redactor, hits: list[Hit] | None = None) -> 
     if not hits:
         return Outcome(text, 0, extras)
     replaced = 0
-    hits = [h for h in hits if h[0] != ESCAPE]
+    hits = [h for h in hits if h[0] not in ESCAPES]
     if not hits:
         return Outcome(text, 0, extras)
     # With no hash in the text to begin with, the hashes in the result are those written here.
@@ -265,8 +270,6 @@ def _structural(
 ) -> tuple[list[tuple[int, int, str, int]], bool]:
     """Step 1: the places a key or known place makes secret, as splices ``(start, end, new text, values
     replaced)`` in text order; and whether the whole value needs the ``Redactor``'s walk instead."""
-    from spintrail import redact as r
-
     splices: list[tuple[int, int, str, int]] = []
     cursor = 0
     # The same place often repeats in an event (a webhook's headers in each stage's context): what one
@@ -274,7 +277,7 @@ def _structural(
     memo: dict[tuple[int, str, str], tuple[str, int]] = {}
     for i, _, end in sorted((h for h in hits if h[0] >= _NRULES), key=lambda h: h[2]):
         kind = i - _NRULES
-        if kind == _S_ESCAPE:
+        if kind in _SINGLE:
             continue
         if kind == _S_K8S_SECRET:
             return [], True
@@ -320,8 +323,6 @@ def _structural(
 
 def _place(kind: int, key: str, value: Any, redactor: Redactor, extras: set[str]) -> tuple[Any, int]:
     """One place of step 1 redacted by the ``Redactor``'s rules for it: ``(new value, values replaced)``."""
-    from spintrail import redact as r
-
     if kind == _S_KEY:
         if redactor._decide(key, value, r._CTX_NORMAL, False) != r._SECRET:
             return value, 0
@@ -516,8 +517,6 @@ def _values(
 ) -> tuple[str, int]:
     """Step 2: every confirmed value-rule match has its secret group replaced by its hash (each hash
     written is added to ``written``)."""
-    from spintrail import redact as r
-
     out: list[str] = []
     cursor = 0
     count = 0
