@@ -126,7 +126,7 @@ class Scrubber:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError:
                 text = ""
-            hits = secretscan.scan_hits(text) if text else [(secretscan.ESCAPE, 0, 0)]
+            hits = secretscan.scan_hits(text, raw) if text else [(secretscan.ESCAPE, 0, 0)]
             if not hits:
                 return self._scrubbed(event, raw, raw, 0, set())
             done: secretscan.Outcome | None = None

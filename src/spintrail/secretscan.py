@@ -131,9 +131,11 @@ ESCAPE = _NRULES + _S_ESCAPE
 QUOTE_ESCAPE = _NRULES + _S_QUOTE_ESCAPE
 ESCAPES = frozenset({ESCAPE, QUOTE_ESCAPE})
 
-def scan_hits(text: str) -> list[Hit]:
-    """Every report of the database over ``text`` (offsets in characters), in text order."""
-    data = text.encode("utf-8", "surrogatepass")
+def scan_hits(text: str, data: bytes | None = None) -> list[Hit]:
+    """Every report of the database over ``text`` (offsets in characters), in order of their ends.
+    ``data``: ``text`` as UTF-8, when the caller holds it already."""
+    if data is None:
+        data = text.encode("utf-8", "surrogatepass")
     found: list[Hit] = []
     append = found.append
     db = _database()
