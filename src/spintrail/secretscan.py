@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
+import os
 import re
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -197,7 +200,7 @@ def scrub_json(text: str, redactor: Redactor, hits: list[Hit] | None = None) -> 
             hits = scan_hits(text)
             written = None
         elif splices:
-            text, hits, replaced = _apply(text, hits, splices)
+            text, hits, replaced = _apply(text, hits, splices, _memo(redactor))
             if written is not None:
                 for new in {s[2] for s in splices}:
                     written |= hashes_in(new)
@@ -208,7 +211,9 @@ def scrub_json(text: str, redactor: Redactor, hits: list[Hit] | None = None) -> 
 Splice = tuple[int, int, str, int]
 
 
-def _apply(text: str, hits: list[Hit], splices: list[Splice]) -> tuple[str, list[Hit], int]:
+def _apply(
+    text: str, hits: list[Hit], splices: list[Splice], memo: _Memo
+) -> tuple[str, list[Hit], int]:
     """``text`` with the splices made, and the value-rule reports moved with it: those in untouched
     text shift, those in a replaced value are found again by scanning its new text alone."""
     out: list[str] = []
@@ -219,7 +224,6 @@ def _apply(text: str, hits: list[Hit], splices: list[Splice]) -> tuple[str, list
     # By end (rules whose start Hyperscan does not track report 0 as their start).
     value_hits = sorted((e, s, i) for i, s, e in hits if i < _NRULES)
     k = 0
-    scanned: dict[str, list[Hit]] = {}
     for start, end, new, n in splices:
         while k < len(value_hits) and value_hits[k][0] <= start:
             e, s, i = value_hits[k]
@@ -230,10 +234,7 @@ def _apply(text: str, hits: list[Hit], splices: list[Splice]) -> tuple[str, list
         out.append(text[cursor:start])
         at = start + shift
         if not _HASH_ONLY.fullmatch(new):  # a lone hash holds nothing a rule reports
-            found = scanned.get(new)
-            if found is None:  # twins of a place (the same new text) are scanned once
-                found = scanned[new] = [h for h in scan_hits(new) if h[0] < _NRULES]
-            moved.extend((i, s + at if s else 0, e + at) for i, s, e in found)
+            moved.extend((i, s + at if s else 0, e + at) for i, s, e in memo.value_hits(new))
         out.append(new)
         shift += len(new) - (end - start)
         cursor = end
@@ -274,9 +275,7 @@ def _structural(
     replaced)`` in text order; and whether the whole value needs the ``Redactor``'s walk instead."""
     splices: list[tuple[int, int, str, int]] = []
     cursor = 0
-    # The same place often repeats in an event (a webhook's headers in each stage's context): what one
-    # place became is reused for its twins, keyed by kind, key and text (within this value only).
-    memo: dict[tuple[int, str, str], tuple[str, int]] = {}
+    memo = _memo(redactor)
     for i, _, end in sorted((h for h in hits if h[0] >= _NRULES), key=lambda h: h[2]):
         kind = i - _NRULES
         if kind in _SINGLE:
@@ -312,15 +311,69 @@ def _structural(
         else:
             continue
         value, vend = _DECODER.raw_decode(text, vstart)
-        place = (kind, key, text[vstart:vend])
-        done = memo.get(place)
+        place = memo.digest(kind, key, text[vstart:vend])
+        done = memo.places.get(place)
         if done is None:
-            new, n = _place(kind, key, value, redactor, extras)
-            done = memo[place] = (_dumps(new) if n else "", n)
+            added: set[str] = set()
+            new, n = _place(kind, key, value, redactor, added)
+            done = memo.remember(place, (_dumps(new) if n else "", n, frozenset(added)))
+        extras |= done[2]
         if done[1]:
             splices.append((vstart, vend, done[0], done[1]))
             cursor = vend
     return splices, False
+
+
+class _Memo:
+    """What redacted places became, kept across events: the same webhook headers, trigger secret or
+    password parameter comes back in every stage event of every execution of a pipeline.
+
+    A place is known by a keyed BLAKE2b digest of its kind, key and text (a random key per process), so
+    the text of a secret is never kept; what is kept is its redacted form, the hashes it adds to the index,
+    and the value-rule reports of a redacted text. Bounded: emptied when full.
+    """
+
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self._key = os.urandom(32)
+        self.places: dict[bytes, tuple[str, int, frozenset[str]]] = {}
+        self.scans: dict[str, list[Hit]] = {}
+
+    def digest(self, kind: int, key: str, text: str) -> bytes:
+        data = f"{kind}\0{key}\0{text}".encode("utf-8", "surrogatepass")
+        return hashlib.blake2b(data, key=self._key, digest_size=16).digest()
+
+    def remember(
+        self, place: bytes, done: tuple[str, int, frozenset[str]]
+    ) -> tuple[str, int, frozenset[str]]:
+        if len(self.places) >= self.LIMIT:
+            self.places.clear()
+        self.places[place] = done
+        return done
+
+    def value_hits(self, redacted: str) -> list[Hit]:
+        """The value-rule reports of a redacted place's text."""
+        found = self.scans.get(redacted)
+        if found is None:
+            if len(self.scans) >= self.LIMIT:
+                self.scans.clear()
+            found = self.scans[redacted] = [h for h in scan_hits(redacted) if h[0] < _NRULES]
+        return found
+
+
+_memos: weakref.WeakKeyDictionary[Redactor, _Memo] = weakref.WeakKeyDictionary()
+_memos_lock = threading.Lock()
+
+
+def _memo(redactor: Redactor) -> _Memo:
+    memo = _memos.get(redactor)
+    if memo is None:
+        with _memos_lock:
+            memo = _memos.get(redactor)
+            if memo is None:
+                memo = _memos[redactor] = _Memo()
+    return memo
 
 
 def _place(kind: int, key: str, value: Any, redactor: Redactor, extras: set[str]) -> tuple[Any, int]:
