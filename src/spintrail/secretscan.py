@@ -7,8 +7,10 @@ compact JSON (as ``orjson`` writes it) is scanned once; an event with no report 
 1. structural reports, in text order: the value after a secret-looking key, a webhook's ``customHeaders``,
    a headers map, a ``{"name": "DB_PASSWORD", "value": ...}`` pair, an embedded ``rawContent`` document or
    base64 ``pipeline`` is parsed where it sits (``json.JSONDecoder.raw_decode``), redacted by the
-   ``Redactor``'s rules for that place, and spliced back in. A Kubernetes ``Secret`` manifest (or a name/value
-   pair whose ``name`` is not its first key) sends the whole event through the ``Redactor``'s walk instead;
+   ``Redactor``'s rules for that place, and spliced back in. What a place became is remembered, known by a
+   keyed digest of its text, for the next time it is seen (in this event or a later one; see ``_Memo``). A
+   Kubernetes ``Secret`` manifest (or a name/value pair whose ``name`` is not its first key) sends the whole
+   event through the ``Redactor``'s walk instead;
 2. value reports (on the text as step 1 left it, scanned again when it changed) are confirmed by the rule's
    Python expression matched at the reported start; the secret group is replaced where it sits by its
    ``hmac-sha256:`` form (hashed decoded, as the value was before JSON escaping).
