@@ -202,3 +202,52 @@ def test_property_an_event_holding_no_secret_is_never_changed(content: dict[str,
 @given(text=st.lists(_lookalike_values, min_size=1, max_size=6).map(" ".join))
 def test_property_free_text_of_look_alikes_is_never_changed(text: str) -> None:
     assert Scrubber(KEY).text(text) == text
+
+
+def test_repeated_places_and_the_hashes_written_match_the_redacted_text(scrubber: Scrubber) -> None:
+    """A webhook's headers repeated in each stage's context are redacted alike everywhere, and the hashes
+    the scrub says it wrote are exactly those in the redacted event (what the look-up index is fed)."""
+    headers = {"Authorization": "Bearer 3ASAkpew8FXnB63pt9oIfIHWvTco3RXK13HGc60Y", "X-Team": "deploys"}
+    stage = {"type": "webhook", "context": {"customHeaders": headers, "url": "https://hooks.example.com/x"}}
+    event = {
+        "details": {"type": "orca:stage:complete"},
+        "content": {
+            "stages": [stage, {**stage, "name": "again"}, stage],
+            "trigger": {"parameters": {"DB_PASSWORD": "hunter2-hunter2", "note": "token=abcdEFGH12345678"}},
+        },
+    }
+    raw = orjson.dumps(event)
+    done = scrubber.scrub(json.loads(raw), raw)
+    assert done.replaced == 3 * 2 + 2
+    redacted = done.event["content"]
+    assert {json.dumps(s["context"]["customHeaders"]) for s in redacted["stages"]} == {
+        json.dumps({k: scrubber.hash_value(v) for k, v in headers.items()})
+    }
+    assert orjson.loads(done.raw) == done.event
+    assert set(done.secret_hashes) >= set(HASH.findall(done.raw.decode()))
+    written = secretscan.scrub_json(raw.decode(), scrubber.redactor)
+    assert written.hashes() == set(HASH.findall(written.text)) == secretscan.hashes_in(written.text)
+    assert scrubber.hash_value("hunter2-hunter2") in written.hashes()
+
+
+def test_places_remembered_across_events_give_the_same_result_and_keep_no_secret() -> None:
+    """A place seen in an earlier event is redacted alike from memory, the hashes its Basic credential adds
+    to the index included; what is remembered holds the redacted form, never the secret."""
+    scrubber = Scrubber(KEY)
+    basic = base64.b64encode(b"deployer:s3cret-Pa55word").decode()
+    headers = {"Authorization": f"Basic {basic}", "X-Api-Key": "k-9f8e7d6c5b4a39281706"}
+    event = {
+        "details": {"type": "orca:stage:complete"},
+        "content": {"context": {"requestHeaders": headers, "db_password": "hunter2-hunter2"}},
+    }
+    raw = orjson.dumps(event)
+    first = scrubber.scrub(json.loads(raw), raw)
+    again = scrubber.scrub(json.loads(raw), raw)
+    assert first.replaced == again.replaced == 3
+    assert (first.raw, first.event, first.secret_hashes) == (again.raw, again.event, again.secret_hashes)
+    assert scrubber.hash_value("s3cret-Pa55word") in again.secret_hashes
+    memo = secretscan._memo(scrubber.redactor)
+    assert memo.places
+    remembered = repr((memo.places, memo.scans))
+    for secret in (basic, "k-9f8e7d6c5b4a39281706", "hunter2-hunter2", "s3cret-Pa55word"):
+        assert secret not in remembered

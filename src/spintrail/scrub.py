@@ -64,7 +64,7 @@ def _clean(raw: bytes, redactor: Redactor) -> bool:
     except UnicodeDecodeError:
         return False
     hits = secretscan.scan_hits(text)
-    if any(i == secretscan.ESCAPE and text[e - 1] != '"' for i, _, e in hits):
+    if any(i == secretscan.ESCAPE for i, _, _ in hits):
         return False
     try:
         return secretscan.scrub_json(text, redactor, hits).replaced == 0
@@ -126,11 +126,11 @@ class Scrubber:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError:
                 text = ""
-            hits = secretscan.scan_hits(text) if text else [(secretscan.ESCAPE, 0, 0)]
+            hits = secretscan.scan_hits(text, raw) if text else [(secretscan.ESCAPE, 0, 0)]
             if not hits:
                 return self._scrubbed(event, raw, raw, 0, set())
             done: secretscan.Outcome | None = None
-            if all(h[0] != secretscan.ESCAPE for h in hits):
+            if all(h[0] not in secretscan.ESCAPES for h in hits):
                 try:
                     done = secretscan.scrub_json(text, self.redactor, hits)
                 except (ValueError, IndexError):  # bytes that do not read as one JSON value: the long way
@@ -144,7 +144,7 @@ class Scrubber:
                 except orjson.JSONDecodeError:  # integers beyond 64 bits: the long way
                     redacted_event = None
                 if redacted_event is not None and _same_shape(event, redacted_event):
-                    hashes = secretscan.hashes_in(done.text) | done.extra_hashes
+                    hashes = done.hashes() | done.extra_hashes
                     return self._scrubbed(redacted_event, raw, new, done.replaced, hashes)
         serialized = serialize(event)
         text = serialized.decode("utf-8", "surrogatepass")
@@ -165,7 +165,7 @@ class Scrubber:
             redacted_event = orjson.loads(new)
         except orjson.JSONDecodeError:  # integers beyond 64 bits, lone surrogates
             redacted_event = json.loads(done.text)
-        hashes = secretscan.hashes_in(done.text) | done.extra_hashes
+        hashes = done.hashes() | done.extra_hashes
         return self._scrubbed(redacted_event, raw, new, replaced, hashes)
 
     def _scrubbed(

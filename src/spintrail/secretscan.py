@@ -7,8 +7,10 @@ compact JSON (as ``orjson`` writes it) is scanned once; an event with no report 
 1. structural reports, in text order: the value after a secret-looking key, a webhook's ``customHeaders``,
    a headers map, a ``{"name": "DB_PASSWORD", "value": ...}`` pair, an embedded ``rawContent`` document or
    base64 ``pipeline`` is parsed where it sits (``json.JSONDecoder.raw_decode``), redacted by the
-   ``Redactor``'s rules for that place, and spliced back in. A Kubernetes ``Secret`` manifest (or a name/value
-   pair whose ``name`` is not its first key) sends the whole event through the ``Redactor``'s walk instead;
+   ``Redactor``'s rules for that place, and spliced back in. What a place became is remembered, known by a
+   keyed digest of its text, for the next time it is seen (in this event or a later one; see ``_Memo``). A
+   Kubernetes ``Secret`` manifest (or a name/value pair whose ``name`` is not its first key) sends the whole
+   event through the ``Redactor``'s walk instead;
 2. value reports (on the text as step 1 left it, scanned again when it changed) are confirmed by the rule's
    Python expression matched at the reported start; the secret group is replaced where it sits by its
    ``hmac-sha256:`` form (hashed decoded, as the value was before JSON escaping).
@@ -20,19 +22,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
+import os
 import re
 import threading
+import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import hyperscan
 import orjson
 
+from spintrail import redact as r
+from spintrail.redact import Redactor
 from spintrail.secret_rules import KEY_WORDS, VALUE_RULES, ValueRule, ci
-
-if TYPE_CHECKING:
-    from spintrail.redact import Redactor
 
 __all__ = ["Outcome", "scan_hits", "scrub_json", "scrub_text"]
 
@@ -48,8 +52,9 @@ _S_NAME_PAIR = 4  # {"name":"DB_PASSWORD" (or ,"name":...)
 _S_K8S_SECRET = 5  # "kind":"Secret"
 _S_RAW_CONTENT = 6
 _S_PIPELINE = 7
-_S_ESCAPE = 8  # \u, \/ or \": bytes as received that the rules may not read as the event they hold
+_S_ESCAPE = 8  # \u or \/: bytes as received that the rules may not read as the event they hold
 _S_AUTH_KEY = 9  # "basicAuth", "db_pw": a key ending in auth or pw
+_S_QUOTE_ESCAPE = 10  # \": a quote in a string (a flattened JSON document, a command)
 
 _KEY_WORD_ALT = "(" + "|".join(ci(w) for w in KEY_WORDS) + ")"
 _KEY_WORD = _KEY_WORD_ALT.replace(".?", r"[^A-Za-z0-9\"\\]?")  # api_key, apiKey, api-key
@@ -68,9 +73,12 @@ _STRUCTURAL: tuple[tuple[int, str], ...] = (
     (_S_K8S_SECRET, '"kind"' + _WS + ":" + _WS + '"Secret"'),
     (_S_RAW_CONTENT, '"rawContent"' + _WS + ":" + _WS + '"'),
     (_S_PIPELINE, '"pipeline"' + _WS + ":" + _WS + '"e'),
-    (_S_ESCAPE, r'\\[u/"]'),
+    (_S_ESCAPE, r"\\[u/]"),
     (_S_AUTH_KEY, "(" + ci("auth") + "|[^A-Za-z]" + ci("pw") + ")" + '"' + _WS + ":"),
+    (_S_QUOTE_ESCAPE, r'\\"'),
 )
+#: Reported once per scan: whether there is one is all that counts (a flattened body holds hundreds).
+_SINGLE = frozenset({_S_ESCAPE, _S_QUOTE_ESCAPE})
 _NRULES = len(VALUE_RULES)
 _RULE_RE: tuple[re.Pattern[str], ...] = tuple(re.compile(r.pattern) for r in VALUE_RULES)
 _SECRET_GROUPS = ("s", "dq", "sq", "bare")
@@ -98,7 +106,7 @@ class _Database:
             ids=ids,
             elements=len(expressions),
             flags=[0 if r.starts_at_key else hyperscan.HS_FLAG_SOM_LEFTMOST for r in VALUE_RULES]
-            + [0] * len(_STRUCTURAL),
+            + [hyperscan.HS_FLAG_SINGLEMATCH if sid in _SINGLE else 0 for sid, _ in _STRUCTURAL],
         )
         self._local = threading.local()
 
@@ -123,12 +131,16 @@ def _database() -> _Database:
 
 
 Hit = tuple[int, int, int]  # (id, start, end) in characters of the scanned text (start: value rules only)
-#: The report of an escape (``_S_ESCAPE``).
+#: The reports of an escape: ``\u`` or ``\/`` (``ESCAPE``), and ``\"`` (once each per scan).
 ESCAPE = _NRULES + _S_ESCAPE
+QUOTE_ESCAPE = _NRULES + _S_QUOTE_ESCAPE
+ESCAPES = frozenset({ESCAPE, QUOTE_ESCAPE})
 
-def scan_hits(text: str) -> list[Hit]:
-    """Every report of the database over ``text`` (offsets in characters), in text order."""
-    data = text.encode("utf-8", "surrogatepass")
+def scan_hits(text: str, data: bytes | None = None) -> list[Hit]:
+    """Every report of the database over ``text`` (offsets in characters), in order of their ends.
+    ``data``: ``text`` as UTF-8, when the caller holds it already."""
+    if data is None:
+        data = text.encode("utf-8", "surrogatepass")
     found: list[Hit] = []
     append = found.append
     db = _database()
@@ -149,12 +161,22 @@ def scan_hits(text: str) -> list[Hit]:
 class Outcome:
     """What scrubbing a JSON text did."""
 
-    __slots__ = ("extra_hashes", "replaced", "text")
+    __slots__ = ("_hashes", "extra_hashes", "replaced", "text")
 
-    def __init__(self, text: str, replaced: int, extra_hashes: set[str]) -> None:
+    def __init__(
+        self, text: str, replaced: int, extra_hashes: set[str], hashes: set[str] | None = None
+    ) -> None:
         self.text = text
         self.replaced = replaced
         self.extra_hashes = extra_hashes
+        self._hashes = hashes
+
+    def hashes(self) -> set[str]:
+        """The ``hmac-sha256:`` values ``text`` carries (known without reading it again when the scrubbed
+        text held none: then they are the ones written)."""
+        if self._hashes is None:
+            self._hashes = hashes_in(self.text)
+        return self._hashes
 
 
 def scrub_json(text: str, redactor: Redactor, hits: list[Hit] | None = None) -> Outcome:
@@ -165,9 +187,11 @@ def scrub_json(text: str, redactor: Redactor, hits: list[Hit] | None = None) -> 
     if not hits:
         return Outcome(text, 0, extras)
     replaced = 0
-    hits = [h for h in hits if h[0] != ESCAPE]
+    hits = [h for h in hits if h[0] not in ESCAPES]
     if not hits:
         return Outcome(text, 0, extras)
+    # With no hash in the text to begin with, the hashes in the result are those written here.
+    written: set[str] | None = set() if _HASHED_PREFIX not in text else None
     if any(h[0] >= _NRULES for h in hits):
         splices, full = _structural(text, hits, redactor, extras)
         if full:
@@ -176,16 +200,22 @@ def scrub_json(text: str, redactor: Redactor, hits: list[Hit] | None = None) -> 
             redacted, replaced = redactor.redact(value)
             text = _dumps(redacted)
             hits = scan_hits(text)
+            written = None
         elif splices:
-            text, hits, replaced = _apply(text, hits, splices)
-    text, n = _values(text, hits, redactor, extras)
-    return Outcome(text, replaced + n, extras)
+            text, hits, replaced = _apply(text, hits, splices, _memo(redactor))
+            if written is not None:
+                for new in {s[2] for s in splices}:
+                    written |= hashes_in(new)
+    text, n = _values(text, hits, redactor, extras, written)
+    return Outcome(text, replaced + n, extras, written)
 
 
 Splice = tuple[int, int, str, int]
 
 
-def _apply(text: str, hits: list[Hit], splices: list[Splice]) -> tuple[str, list[Hit], int]:
+def _apply(
+    text: str, hits: list[Hit], splices: list[Splice], memo: _Memo
+) -> tuple[str, list[Hit], int]:
     """``text`` with the splices made, and the value-rule reports moved with it: those in untouched
     text shift, those in a replaced value are found again by scanning its new text alone."""
     out: list[str] = []
@@ -206,7 +236,7 @@ def _apply(text: str, hits: list[Hit], splices: list[Splice]) -> tuple[str, list
         out.append(text[cursor:start])
         at = start + shift
         if not _HASH_ONLY.fullmatch(new):  # a lone hash holds nothing a rule reports
-            moved.extend((i, s + at if s else 0, e + at) for i, s, e in scan_hits(new) if i < _NRULES)
+            moved.extend((i, s + at if s else 0, e + at) for i, s, e in memo.value_hits(new))
         out.append(new)
         shift += len(new) - (end - start)
         cursor = end
@@ -245,19 +275,19 @@ def _structural(
 ) -> tuple[list[tuple[int, int, str, int]], bool]:
     """Step 1: the places a key or known place makes secret, as splices ``(start, end, new text, values
     replaced)`` in text order; and whether the whole value needs the ``Redactor``'s walk instead."""
-    from spintrail import redact as r
-
     splices: list[tuple[int, int, str, int]] = []
     cursor = 0
+    memo = _memo(redactor)
     for i, _, end in sorted((h for h in hits if h[0] >= _NRULES), key=lambda h: h[2]):
         kind = i - _NRULES
-        if kind == _S_ESCAPE:
+        if kind in _SINGLE:
             continue
         if kind == _S_K8S_SECRET:
             return [], True
         start = _start(text, kind, end)
         if start < cursor:
             continue
+        key = ""
         if kind in (_S_KEY, _S_CREDENTIALS, _S_AUTH_KEY):
             if start <= 0 or text[_back_ws(text, start)] not in "{,":
                 continue  # inside a string (an escaped quote), not a key
@@ -266,47 +296,113 @@ def _structural(
             if redactor._classify(key) == r._PLAIN:
                 continue
             vstart = _skip_ws(text, colon + 1)
-            value, vend = _DECODER.raw_decode(text, vstart)
-            if redactor._decide(key, value, r._CTX_NORMAL, False) != r._SECRET:
-                continue
-            if isinstance(value, list):
-                new, n = redactor._walk(value, r._CTX_SECRET_VALUE)
-            else:
-                new, n = redactor._secret_scalar_or_object(value)
-            if isinstance(value, dict):  # hashed whole: each string in it is looked for on its own too
-                extras.update(redactor.hash_value(v) for v in _strings(value))
+            kind = _S_KEY
         elif kind in (_S_CUSTOM_HEADERS, _S_HEADERS):
             vstart = text.rindex("{", 0, end)
-            value, vend = _DECODER.raw_decode(text, vstart)
-            ctx = r._CTX_ALL_SECRET if kind == _S_CUSTOM_HEADERS else r._CTX_HEADERS
-            new, n = redactor._walk(value, ctx)
-            if n and isinstance(value, dict):
-                for header in value.values():
-                    if isinstance(header, str) and header[:6].lower() == "basic ":
-                        _basic_forms(header[6:].strip(), redactor, extras)
         elif kind == _S_NAME_PAIR:
-            name = _DECODER.raw_decode(text, text.rindex('"', 0, end - 1))[0]
-            if redactor._classify(name) != r._SECRET:
+            key = _DECODER.raw_decode(text, text.rindex('"', 0, end - 1))[0]
+            if redactor._classify(key) != r._SECRET:
                 continue
             vstart = _back_ws(text, start)
             if text[vstart] != "{":
                 return [], True  # "name" is not the first key: let the walk find its object
-            value, vend = _DECODER.raw_decode(text, vstart)
-            new, n = redactor.redact(value)
         elif kind == _S_RAW_CONTENT:
             vstart = end - 1
-            value, vend = _DECODER.raw_decode(text, vstart)
-            new, n = _embedded_document(value, redactor, extras)
         elif kind == _S_PIPELINE:
             vstart = end - 2
-            value, vend = _DECODER.raw_decode(text, vstart)
-            new, n = _base64_pipeline(value, redactor, extras)
         else:
             continue
-        if n:
-            splices.append((vstart, vend, _dumps(new), n))
+        value, vend = _DECODER.raw_decode(text, vstart)
+        place = memo.digest(kind, key, text[vstart:vend])
+        done = memo.places.get(place)
+        if done is None:
+            added: set[str] = set()
+            new, n = _place(kind, key, value, redactor, added)
+            done = memo.remember(place, (_dumps(new) if n else "", n, frozenset(added)))
+        extras |= done[2]
+        if done[1]:
+            splices.append((vstart, vend, done[0], done[1]))
             cursor = vend
     return splices, False
+
+
+class _Memo:
+    """What redacted places became, kept across events: the same webhook headers, trigger secret or
+    password parameter comes back in every stage event of every execution of a pipeline.
+
+    A place is known by a keyed BLAKE2b digest of its kind, key and text (a random key per process), so
+    the text of a secret is never kept; what is kept is its redacted form, the hashes it adds to the index,
+    and the value-rule reports of a redacted text. Bounded: emptied when full.
+    """
+
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self._key = os.urandom(32)
+        self.places: dict[bytes, tuple[str, int, frozenset[str]]] = {}
+        self.scans: dict[str, list[Hit]] = {}
+
+    def digest(self, kind: int, key: str, text: str) -> bytes:
+        data = f"{kind}\0{key}\0{text}".encode("utf-8", "surrogatepass")
+        return hashlib.blake2b(data, key=self._key, digest_size=16).digest()
+
+    def remember(
+        self, place: bytes, done: tuple[str, int, frozenset[str]]
+    ) -> tuple[str, int, frozenset[str]]:
+        if len(self.places) >= self.LIMIT:
+            self.places.clear()
+        self.places[place] = done
+        return done
+
+    def value_hits(self, redacted: str) -> list[Hit]:
+        """The value-rule reports of a redacted place's text."""
+        found = self.scans.get(redacted)
+        if found is None:
+            if len(self.scans) >= self.LIMIT:
+                self.scans.clear()
+            found = self.scans[redacted] = [h for h in scan_hits(redacted) if h[0] < _NRULES]
+        return found
+
+
+_memos: weakref.WeakKeyDictionary[Redactor, _Memo] = weakref.WeakKeyDictionary()
+_memos_lock = threading.Lock()
+
+
+def _memo(redactor: Redactor) -> _Memo:
+    memo = _memos.get(redactor)
+    if memo is None:
+        with _memos_lock:
+            memo = _memos.get(redactor)
+            if memo is None:
+                memo = _memos[redactor] = _Memo()
+    return memo
+
+
+def _place(kind: int, key: str, value: Any, redactor: Redactor, extras: set[str]) -> tuple[Any, int]:
+    """One place of step 1 redacted by the ``Redactor``'s rules for it: ``(new value, values replaced)``."""
+    if kind == _S_KEY:
+        if redactor._decide(key, value, r._CTX_NORMAL, False) != r._SECRET:
+            return value, 0
+        if isinstance(value, list):
+            new, n = redactor._walk(value, r._CTX_SECRET_VALUE)
+        else:
+            new, n = redactor._secret_scalar_or_object(value)
+        if isinstance(value, dict):  # hashed whole: each string in it is looked for on its own too
+            extras.update(redactor.hash_value(v) for v in _strings(value))
+        return new, n
+    if kind in (_S_CUSTOM_HEADERS, _S_HEADERS):
+        ctx = r._CTX_ALL_SECRET if kind == _S_CUSTOM_HEADERS else r._CTX_HEADERS
+        new, n = redactor._walk(value, ctx)
+        if n and isinstance(value, dict):
+            for header in value.values():
+                if isinstance(header, str) and header[:6].lower() == "basic ":
+                    _basic_forms(header[6:].strip(), redactor, extras)
+        return new, n
+    if kind == _S_NAME_PAIR:
+        return redactor.redact(value)
+    if kind == _S_RAW_CONTENT:
+        return _embedded_document(value, redactor, extras)
+    return _base64_pipeline(value, redactor, extras)
 
 
 _CREDENTIAL_KEY = re.compile(r'(?i:credentials?)"')
@@ -473,10 +569,11 @@ def _matches(text: str, hits: list[Hit]) -> list[tuple[int, re.Match[str]]]:
     return [(i, m) for _, i, m in found]
 
 
-def _values(text: str, hits: list[Hit], redactor: Redactor, extras: set[str]) -> tuple[str, int]:
-    """Step 2: every confirmed value-rule match has its secret group replaced by its hash."""
-    from spintrail import redact as r
-
+def _values(
+    text: str, hits: list[Hit], redactor: Redactor, extras: set[str], written: set[str] | None = None
+) -> tuple[str, int]:
+    """Step 2: every confirmed value-rule match has its secret group replaced by its hash (each hash
+    written is added to ``written``)."""
     out: list[str] = []
     cursor = 0
     count = 0
@@ -504,7 +601,10 @@ def _values(text: str, hits: list[Hit], redactor: Redactor, extras: set[str]) ->
         if rule.id == "authorization-header" and text[max(0, gstart - 6) : gstart].lower() == "basic ":
             _basic_forms(secret, redactor, extras)
         out.append(text[cursor:gstart])
-        out.append(redactor.hash_value(secret))
+        hashed = redactor.hash_value(secret)
+        out.append(hashed)
+        if written is not None:
+            written.add(hashed)
         cursor = gend
         count += 1
         if rule.index_whole:
