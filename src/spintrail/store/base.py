@@ -150,6 +150,28 @@ class CheckReport:
         self.problems.append(CheckProblem(check, message))
 
 
+#: Problems listed per check before the rest are only counted.
+MAX_LISTED = 20
+
+
+class CheckListing:
+    """Adds problems of one check to the report, listing the first ``MAX_LISTED`` and counting the rest."""
+
+    def __init__(self, report: CheckReport, check: str) -> None:
+        self.report = report
+        self.check = check
+        self.count = 0
+
+    def add(self, message: str) -> None:
+        self.count += 1
+        if self.count <= MAX_LISTED:
+            self.report.add(self.check, message)
+
+    def close(self) -> None:
+        if self.count > MAX_LISTED:
+            self.report.add(self.check, f"... and {self.count - MAX_LISTED} more problems of this kind")
+
+
 @dataclass(slots=True)
 class IndexState:
     """How one record is indexed for search: the tags ``kind:value`` it is missing or has in excess, and

@@ -20,28 +20,7 @@ from typing import Any
 
 from spintrail.query import LIST_FILTERS
 from spintrail.store import blobs
-from spintrail.store.base import CheckHook, CheckReport
-
-#: Problems listed per check before the rest are only counted.
-MAX_LISTED = 20
-
-
-class _Listing:
-    """Adds problems of one check to the report, listing the first ``MAX_LISTED`` and counting the rest."""
-
-    def __init__(self, report: CheckReport, check: str) -> None:
-        self.report = report
-        self.check = check
-        self.count = 0
-
-    def add(self, message: str) -> None:
-        self.count += 1
-        if self.count <= MAX_LISTED:
-            self.report.add(self.check, message)
-
-    def close(self) -> None:
-        if self.count > MAX_LISTED:
-            self.report.add(self.check, f"... and {self.count - MAX_LISTED} more problems of this kind")
+from spintrail.store.base import CheckHook, CheckListing, CheckReport
 
 
 def check_postgres(
@@ -79,7 +58,7 @@ def check_postgres(
 
 
 def _event_ids(conn: Any, report: CheckReport) -> None:
-    listing = _Listing(report, "event_ids")
+    listing = CheckListing(report, "event_ids")
     report.checks["event_ids"] = conn.execute("SELECT count(*) FROM event_ids").fetchone()[0]
     for id_, event_id, known_id, known_time, time in conn.execute(
         "SELECT e.id, e.event_id, i.event_id, i.time, e.time FROM events e"
@@ -102,7 +81,7 @@ def _event_ids(conn: Any, report: CheckReport) -> None:
 
 
 def _event_raw(conn: Any, report: CheckReport) -> None:
-    listing = _Listing(report, "event_raw")
+    listing = CheckListing(report, "event_raw")
     report.checks["event_raw"] = conn.execute("SELECT count(*) FROM events").fetchone()[0]
     for id_, event_id, raw_id in conn.execute(
         "SELECT e.id, e.event_id, e.raw_id FROM events e WHERE e.raw_id IS NOT NULL"
@@ -122,7 +101,7 @@ def _event_raw(conn: Any, report: CheckReport) -> None:
 
 
 def _delta_base(conn: Any, report: CheckReport) -> None:
-    listing = _Listing(report, "delta_base")
+    listing = CheckListing(report, "delta_base")
     report.checks["delta_base"] = conn.execute(
         "SELECT count(*) FROM raw WHERE codec = ANY(%s)", (list(blobs.CHAINED),)
     ).fetchone()[0]
@@ -145,7 +124,7 @@ def _delta_base(conn: Any, report: CheckReport) -> None:
 
 
 def _raw_sha256(conn: Any, report: CheckReport, progress: Callable[[int, int], None] | None) -> None:
-    listing = _Listing(report, "raw_sha256")
+    listing = CheckListing(report, "raw_sha256")
     total = conn.execute("SELECT count(*) FROM raw").fetchone()[0]
     report.checks["raw_sha256"] = total
     fetcher = conn.cursor()
@@ -183,7 +162,7 @@ def _raw_sha256(conn: Any, report: CheckReport, progress: Callable[[int, int], N
 
 
 def _tags(conn: Any, report: CheckReport, clean: Callable[[str], str | None]) -> None:
-    listing = _Listing(report, "tags")
+    listing = CheckListing(report, "tags")
     columns = ", ".join(f'"{c}"' for c in LIST_FILTERS.values())
     checked = 0
     last = -(2**63)

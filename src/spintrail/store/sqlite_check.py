@@ -26,28 +26,7 @@ from collections.abc import Callable
 
 from spintrail.query import LIST_FILTERS
 from spintrail.store import blobs
-from spintrail.store.base import CheckHook, CheckReport
-
-#: Problems listed per check before the rest are only counted.
-MAX_LISTED = 20
-
-
-class _Listing:
-    """Adds problems of one check to the report, listing the first ``MAX_LISTED`` and counting the rest."""
-
-    def __init__(self, report: CheckReport, check: str) -> None:
-        self.report = report
-        self.check = check
-        self.count = 0
-
-    def add(self, message: str) -> None:
-        self.count += 1
-        if self.count <= MAX_LISTED:
-            self.report.add(self.check, message)
-
-    def close(self) -> None:
-        if self.count > MAX_LISTED:
-            self.report.add(self.check, f"... and {self.count - MAX_LISTED} more problems of this kind")
+from spintrail.store.base import MAX_LISTED, CheckHook, CheckListing, CheckReport
 
 
 def check_sqlite(
@@ -96,7 +75,7 @@ def _integrity(conn: sqlite3.Connection, report: CheckReport, quick: bool) -> No
 
 
 def _event_raw(conn: sqlite3.Connection, report: CheckReport) -> None:
-    listing = _Listing(report, "event_raw")
+    listing = CheckListing(report, "event_raw")
     report.checks["event_raw"] = conn.execute("SELECT count(*) FROM events").fetchone()[0]
     for id_, event_id, raw_id in conn.execute(
         "SELECT e.id, e.event_id, e.raw_id FROM events e"
@@ -120,7 +99,7 @@ def _event_raw(conn: sqlite3.Connection, report: CheckReport) -> None:
 
 
 def _delta_base(conn: sqlite3.Connection, report: CheckReport) -> None:
-    listing = _Listing(report, "delta_base")
+    listing = CheckListing(report, "delta_base")
     report.checks["delta_base"] = conn.execute(
         "SELECT count(*) FROM raw WHERE codec IN (?, ?)", blobs.CHAINED
     ).fetchone()[0]
@@ -146,7 +125,7 @@ def _delta_base(conn: sqlite3.Connection, report: CheckReport) -> None:
 def _raw_sha256(
     conn: sqlite3.Connection, report: CheckReport, progress: Callable[[int, int], None] | None
 ) -> None:
-    listing = _Listing(report, "raw_sha256")
+    listing = CheckListing(report, "raw_sha256")
     total = conn.execute("SELECT count(*) FROM raw").fetchone()[0]
     report.checks["raw_sha256"] = total
     fetcher = conn.cursor()
@@ -185,7 +164,7 @@ def _raw_sha256(
 def _strings(conn: sqlite3.Connection, report: CheckReport) -> None:
     from spintrail.store.sqlite import _INTERNED
 
-    listing = _Listing(report, "strings")
+    listing = CheckListing(report, "strings")
     report.checks["strings"] = conn.execute("SELECT count(*) FROM strings").fetchone()[0]
     missing = " OR ".join(
         f'(r."{c}" IS NOT NULL AND NOT EXISTS (SELECT 1 FROM strings s WHERE s.id = r."{c}"))'
@@ -198,7 +177,7 @@ def _strings(conn: sqlite3.Connection, report: CheckReport) -> None:
 
 
 def _tags(conn: sqlite3.Connection, report: CheckReport) -> None:
-    listing = _Listing(report, "tags")
+    listing = CheckListing(report, "tags")
     expected = " UNION ALL ".join(
         f"SELECT e.id AS event_row, '{kind}' AS kind, j.value AS value, e.time AS time"
         f" FROM events e, json_each(e.{column}) j"
@@ -220,7 +199,7 @@ def _tags(conn: sqlite3.Connection, report: CheckReport) -> None:
 
 
 def _fulltext(conn: sqlite3.Connection, report: CheckReport) -> None:
-    listing = _Listing(report, "fulltext")
+    listing = CheckListing(report, "fulltext")
     try:
         conn.execute(
             "CREATE VIRTUAL TABLE IF NOT EXISTS temp.events_fts_check"
