@@ -299,11 +299,16 @@ def run_storage(report: Report, be: Backend, mode: Mode, args: argparse.Namespac
     return query_db
 
 
+def _database_name(database: str) -> str:
+    """The last part of a database's path or URL, without its query: what names its files in the cache."""
+    return database.rsplit("/", 1)[-1].split("?")[0]
+
+
 def _fill_record(database: str, cache: Path) -> Path:
     """Where the figures of a kept query database's fill are kept (so a reuse can measure its storage):
     beside a SQLite file, in the cache for a PostgreSQL database (by its name)."""
     if is_postgres(database):
-        return cache / "fills" / (database.rsplit("/", 1)[-1].split("?")[0] + ".json")
+        return cache / "fills" / (_database_name(database) + ".json")
     return Path(database + ".fill.json")
 
 
@@ -311,7 +316,7 @@ def _signer_dir(database: str, cache: Path) -> Path:
     """Where the signing key and signer state of a kept query database live between runs: a database
     keeps signing with the key it recorded, and its signer must remember what it signed. SQLite keeps
     both beside the file by default; a PostgreSQL database gets a directory in the cache (by its name)."""
-    return cache / "signers" / (database.rsplit("/", 1)[-1].split("?")[0])
+    return cache / "signers" / _database_name(database)
 
 
 def run_queries(report: Report, be: Backend, mode: Mode, query_db: str, cache: Path) -> None:
